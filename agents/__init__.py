@@ -1,0 +1,1 @@
+"""Learned deciders (installed as ``petalgym.agents``)."""

@@ -1,0 +1,1 @@
+"""Non-learned deciders (installed as ``petalgym.baselines``); importing this module registers them."""

@@ -1,0 +1,1 @@
+"""Shipped configuration files: scenarios/*.yaml and agents/*.yaml (read with importlib.resources)."""

@@ -1,0 +1,40 @@
+"""petalgym: block placement and request routing for geo-distributed (PETALS-style) LLM inference.
+
+A faithful discrete-event simulator of the published performance model, Gymnasium environments
+(``gym.make("PetalAlloc-v0")``), the paper's baselines and learned agents.
+"""
+
+from __future__ import annotations
+
+from petalgym.deciders import Decider, Route, decider_names, make_decider, register_decider
+from petalgym.errors import DeciderError, InfeasibleScenarioError, PetalgymError, ScenarioError, SolverError
+from petalgym.perfmodel import Chain, Hop, Placement, TimeModel
+from petalgym.scenario import Scenario, list_scenarios, load_scenario
+from petalgym.simulator import Decision, DecisionKind, SimulationResult, Simulator, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "Decider",
+    "DeciderError",
+    "Decision",
+    "DecisionKind",
+    "Hop",
+    "InfeasibleScenarioError",
+    "PetalgymError",
+    "Placement",
+    "Route",
+    "Scenario",
+    "ScenarioError",
+    "SimulationResult",
+    "Simulator",
+    "SolverError",
+    "TimeModel",
+    "decider_names",
+    "list_scenarios",
+    "load_scenario",
+    "make_decider",
+    "register_decider",
+    "simulate",
+]

@@ -1,0 +1,172 @@
+"""The decider interface (placement, routing, optional rebalancing), a registry, and a reference decider.
+
+Every policy -- PETALS, CG-BPRR, CG-BP + WS-RR, the MILP, a trained agent -- is a :class:`Decider` run by
+the same :class:`~petalgym.simulator.Simulator`, so every comparison goes through one code path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from petalgym.errors import DeciderError
+from petalgym.perfmodel import Chain, Hop, Placement, shortest_chain
+from petalgym.scenario import Scenario, max_blocks_on
+from petalgym.swarm import Request, SwarmView
+
+
+class Route(NamedTuple):
+    """A routing answer: the ``chain`` (hops from the request's ``route_from`` block to L) and what to do
+    if some hop lacks cache now: ``wait=True`` waits for the earliest time the whole chain fits (the
+    simulator reserves it, exactly), ``wait=False`` backs off 1, 2, 4, ... s (capped) and asks again."""
+
+    chain: Chain
+    wait: bool = True
+
+
+class Decider:
+    """Base class of all deciders. Subclasses implement :meth:`place` and :meth:`route`.
+
+    ``rebalance_period_s``: if not None, every online server is offered :meth:`rebalance` at random times,
+    uniform in [0, 2 x period] apart (PETALS' balance check).
+    """
+
+    name: str = "decider"
+    rebalance_period_s: float | None = None
+
+    def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
+        """Start of an episode: remember the scenario; ``rng`` is this decider's own random stream."""
+        self.scenario = scenario
+        self.rng = rng
+
+    def place(self, view: SwarmView, server: int) -> Placement:
+        """Blocks (and cache budget) for ``server``, which is joining the swarm now."""
+        raise NotImplementedError
+
+    def route(self, view: SwarmView, request: Request) -> Route | Chain | None:
+        """A chain for ``request`` from block ``request.route_from`` to L on ONLINE servers, or None if no
+        chain exists now (the request then stalls until a server comes online)."""
+        raise NotImplementedError
+
+    def rebalance(self, view: SwarmView, server: int) -> Placement | None:
+        """A new placement for ONLINE ``server`` (it will reload), or None to stay."""
+        return None
+
+    def describe(self) -> str:
+        """One line naming the decider and its parameters (shown in tables)."""
+        return self.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, Callable[..., Decider] | str] = {}
+
+
+def register_decider(name: str, factory: Callable[..., Decider] | str) -> None:
+    """Register a decider factory (a callable, or ``"module:attr"`` imported on first use) under ``name``."""
+    _REGISTRY[name] = factory
+
+
+def decider_names() -> list[str]:
+    """Names of all registered deciders."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_decider(name: str, **kwargs: Any) -> Decider:
+    """Build the decider registered as ``name`` with ``kwargs``."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise DeciderError(f"unknown decider {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        factory = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = factory
+    return factory(**kwargs)
+
+
+_BUILTIN_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
+        return
+    _BUILTIN_LOADED = True
+    try:
+        importlib.import_module("petalgym.baselines")
+    except ImportError as exc:  # pragma: no cover - only when baselines are broken
+        raise DeciderError(f"cannot import petalgym.baselines: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# A reference decider: balanced coverage + shortest chain
+# --------------------------------------------------------------------------------------------------
+class ShortestChainDecider(Decider):
+    """Reference decider: each joining server takes the most blocks it can while keeping ``cache_share``
+    of its memory for caches, placed on the least-covered window; requests take the fastest chain (total
+    request time, no waiting term) and wait for cache when needed.
+
+    Zero-wait shortest chains are cached per (client, l_in, l_out, route_from, placement version).
+    """
+
+    name = "shortest"
+
+    def __init__(self, cache_share: float = 0.5):
+        if not 0.0 <= cache_share < 1.0:
+            raise DeciderError(f"shortest: cache_share must be in [0, 1), got {cache_share!r}")
+        self.cache_share = cache_share
+        self._cache: dict[tuple[int, int, int, int], Chain] = {}
+        self._cache_version = -1
+
+    def place(self, view: SwarmView, server: int) -> Placement:
+        sc = view.scenario
+        spec = sc.servers[server]
+        m = int(spec.profile.memory_bytes * (1.0 - self.cache_share) // sc.model.block_bytes)
+        m = max(1, min(m, max_blocks_on(sc, spec)))
+        cov = view.coverage()
+        best_start, best_key = 0, None
+        for a in range(sc.num_blocks - m + 1):
+            window = cov[a : a + m]
+            key = (min(window), sum(window))
+            if best_key is None or key < best_key:
+                best_start, best_key = a, key
+        return Placement(best_start, m)
+
+    def route(self, view: SwarmView, request: Request) -> Route | None:
+        if self._cache_version != view.placement_version:
+            self._cache.clear()
+            self._cache_version = view.placement_version
+        key = (request.client, request.l_in, request.l_out, request.route_from)
+        chain = self._cache.get(key)
+        if chain is None:
+            fixed, per_block = view.time_model.hop_costs(request.client, request.l_in, request.l_out)
+            cost, chain = shortest_chain(view.spans(), fixed, per_block, view.num_blocks, request.route_from)
+            if cost == math.inf:
+                return None
+            self._cache[key] = chain
+        return Route(chain, wait=True)
+
+    def describe(self) -> str:
+        return f"shortest (cache_share={self.cache_share:g})"
+
+
+register_decider("shortest", ShortestChainDecider)
+
+__all__ = [
+    "Chain",
+    "Decider",
+    "Hop",
+    "Placement",
+    "Route",
+    "ShortestChainDecider",
+    "decider_names",
+    "make_decider",
+    "register_decider",
+]

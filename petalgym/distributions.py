@@ -1,0 +1,167 @@
+"""Small, validated probability distributions used in scenarios (lengths, lifetimes, downtimes).
+
+A YAML value is either a plain number (a constant) or a mapping ``{dist: <kind>, ...}``:
+
+    constant     value
+    uniform      low, high                (integers: both ends included)
+    exponential  mean
+    lognormal    mean, sigma  [min, max]  (``mean`` is the mean of the distribution itself)
+    choice       values, [probs]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from petalgym.errors import ScenarioError
+
+_KINDS = ("constant", "uniform", "exponential", "lognormal", "choice")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A distribution of non-negative numbers; ``integer`` rounds samples to ints."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    integer: bool = False
+
+    @property
+    def mean(self) -> float:
+        """The expected value (before rounding)."""
+        p = self.params
+        if self.kind == "constant":
+            return float(p["value"])
+        if self.kind == "uniform":
+            return (p["low"] + p["high"]) / 2.0
+        if self.kind in ("exponential", "lognormal"):
+            return float(p["mean"])
+        probs = p["probs"]
+        return float(np.dot(p["values"], probs))
+
+    @property
+    def maximum(self) -> float:
+        """The largest value this distribution can produce (``inf`` if unbounded)."""
+        p = self.params
+        if self.kind == "constant":
+            return float(p["value"])
+        if self.kind == "uniform":
+            return float(p["high"])
+        if self.kind == "choice":
+            return float(max(p["values"]))
+        if self.kind == "lognormal" and p.get("max") is not None:
+            return float(p["max"])
+        return math.inf
+
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> Any:
+        """Draw ``size`` samples (a scalar when ``size`` is None) from ``rng``."""
+        p = self.params
+        if self.kind == "constant":
+            out = np.full(size if size is not None else 1, p["value"], dtype=float)
+        elif self.kind == "uniform":
+            if self.integer:
+                out = rng.integers(int(p["low"]), int(p["high"]) + 1, size=size or 1).astype(float)
+            else:
+                out = rng.uniform(p["low"], p["high"], size=size or 1)
+        elif self.kind == "exponential":
+            out = rng.exponential(p["mean"], size=size or 1)
+        elif self.kind == "lognormal":
+            sigma = p["sigma"]
+            mu = math.log(p["mean"]) - sigma * sigma / 2.0
+            out = rng.lognormal(mu, sigma, size=size or 1)
+            out = np.clip(out, p.get("min") or 0.0, p.get("max") or np.inf)
+        else:
+            out = rng.choice(np.asarray(p["values"], dtype=float), size=size or 1, p=p["probs"])
+        if self.integer:
+            out = np.maximum(np.rint(out), 1).astype(np.int64)
+        if size is None:
+            return out[0].item()
+        return out
+
+
+def _number(value: Any, where: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ScenarioError(f"{where}: expected a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        rel = ">" if strict else ">="
+        raise ScenarioError(f"{where}: must be {rel} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def parse_distribution(
+    value: Any, where: str, *, integer: bool = False, positive: bool = True
+) -> Distribution:
+    """Parse a YAML value into a :class:`Distribution`; errors name ``where`` and the bad value."""
+    if not isinstance(value, dict):
+        v = _number(value, where, strict=positive)
+        if integer and v != int(v):
+            raise ScenarioError(f"{where}: expected an integer, got {value!r}")
+        return Distribution("constant", {"value": int(v) if integer else v}, integer)
+    kind = value.get("dist")
+    if kind not in _KINDS:
+        raise ScenarioError(f"{where}.dist: expected one of {', '.join(_KINDS)}, got {kind!r}")
+    allowed = {
+        "constant": {"value"},
+        "uniform": {"low", "high"},
+        "exponential": {"mean"},
+        "lognormal": {"mean", "sigma", "min", "max"},
+        "choice": {"values", "probs"},
+    }[kind]
+    unknown = set(value) - allowed - {"dist"}
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown field(s) {sorted(unknown)} for dist {kind!r} (allowed: {sorted(allowed)})"
+        )
+    required = {
+        "constant": {"value"},
+        "uniform": {"low", "high"},
+        "exponential": {"mean"},
+        "lognormal": {"mean", "sigma"},
+        "choice": {"values"},
+    }[kind]
+    missing = required - set(value)
+    if missing:
+        raise ScenarioError(f"{where}: dist {kind!r} needs field(s) {sorted(missing)}")
+    params: dict[str, Any] = {}
+    if kind == "choice":
+        vals = value["values"]
+        if not isinstance(vals, list) or not vals:
+            raise ScenarioError(f"{where}.values: expected a non-empty list, got {vals!r}")
+        params["values"] = [_number(v, f"{where}.values[{i}]", strict=positive) for i, v in enumerate(vals)]
+        if integer and any(v != int(v) for v in params["values"]):
+            raise ScenarioError(f"{where}.values: expected integers, got {vals!r}")
+        probs = value.get("probs")
+        if probs is None:
+            params["probs"] = [1.0 / len(vals)] * len(vals)
+        else:
+            if not isinstance(probs, list) or len(probs) != len(vals):
+                raise ScenarioError(f"{where}.probs: expected {len(vals)} probabilities, got {probs!r}")
+            ps = [_number(q, f"{where}.probs[{i}]") for i, q in enumerate(probs)]
+            total = sum(ps)
+            if not math.isclose(total, 1.0, rel_tol=1e-6):
+                raise ScenarioError(f"{where}.probs: must sum to 1, got {total:g}")
+            params["probs"] = [q / total for q in ps]
+    else:
+        for key in allowed & set(value):
+            if value[key] is None and key in ("min", "max"):
+                continue
+            strict = positive and key in ("value", "mean", "high")
+            params[key] = _number(value[key], f"{where}.{key}", strict=strict)
+        if kind == "uniform" and params["low"] > params["high"]:
+            raise ScenarioError(f"{where}: low ({params['low']:g}) > high ({params['high']:g})")
+        if kind == "uniform" and positive and integer and params["low"] < 1:
+            raise ScenarioError(f"{where}.low: must be >= 1, got {params['low']:g}")
+        if (
+            kind == "lognormal"
+            and params.get("min") is not None
+            and params.get("max") is not None
+            and params["min"] > params["max"]
+        ):
+            raise ScenarioError(f"{where}: min ({params['min']:g}) > max ({params['max']:g})")
+        if kind == "constant" and integer and params["value"] != int(params["value"]):
+            raise ScenarioError(f"{where}.value: expected an integer, got {value['value']!r}")
+    return Distribution(kind, params, integer)

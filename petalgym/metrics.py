@@ -1,0 +1,73 @@
+"""Per-request records and aggregate metrics of a simulated episode (the paper's metrics, section 2)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from petalgym.swarm import Request, RequestStatus
+
+#: Aggregate metrics reported for every run, with their units.
+METRICS: dict[str, str] = {
+    "per_token_s": "mean time per token over all tokens of completed requests, waiting included (s)",
+    "ttft_s": "mean time to first token of completed requests, waiting included (s)",
+    "later_token_s": "mean time of each token after the first, completed requests (s)",
+    "wait_s": "mean time a completed request waited for cache or a chain (s)",
+    "failed": "requests that failed",
+}
+
+
+def request_record(r: Request) -> dict[str, Any]:
+    """A flat dict describing one request's outcome (the per-request CSV row)."""
+    done = r.status == RequestStatus.COMPLETED
+    return {
+        "id": r.id,
+        "client": r.client,
+        "l_in": r.l_in,
+        "l_out": r.l_out,
+        "arrival_s": r.arrival,
+        "status": r.status.name.lower(),
+        "start_s": r.start,
+        "first_token_s": r.first_token,
+        "finish_s": r.finish,
+        "ttft_s": r.ttft if done else math.nan,
+        "per_token_s": r.per_token if done else math.nan,
+        "later_token_s": r.later_token if done else math.nan,
+        "wait_s": r.wait_s,
+        "recoveries": r.recoveries,
+        "attempts": r.attempts,
+        "failure_reason": r.failure_reason,
+        "first_chain": ">".join(f"{h.server}[{h.start}:{h.end}]" for h in r.first_chain),
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def summarise(requests: Sequence[Request]) -> dict[str, float]:
+    """Aggregate metrics over ``requests``: counts, and means over completed requests."""
+    done = [r for r in requests if r.status == RequestStatus.COMPLETED]
+    failed = [r for r in requests if r.status == RequestStatus.FAILED]
+    per_token = [r.per_token for r in done]
+    later = [r.later_token for r in done if r.l_out > 1]
+    out: dict[str, float] = {
+        "arrived": float(len(requests)),
+        "completed": float(len(done)),
+        "failed": float(len(failed)),
+        "in_flight": float(len(requests) - len(done) - len(failed)),
+        "per_token_s": _mean(per_token),
+        "per_token_p95_s": float(np.percentile(per_token, 95)) if per_token else math.nan,
+        "ttft_s": _mean([r.ttft for r in done]),
+        "later_token_s": _mean(later),
+        "wait_s": _mean([r.wait_s for r in done]),
+        "waited_share": _mean([float(r.wait_s > 1e-9) for r in done]),
+        "recoveries": float(sum(r.recoveries for r in requests)),
+    }
+    for reason, n in sorted(Counter(r.failure_reason for r in failed).items()):
+        out[f"failed_{reason}"] = float(n)
+    return out

@@ -1,0 +1,315 @@
+"""The paper's performance model (paper-notes sections 1-5): memory, slots, block counts, times, chains.
+
+Blocks are numbered 0..L-1 here (the paper uses 1..L). A server hosting blocks ``[start, end)`` can serve a
+hop that enters at block position ``b`` with ``start <= b < end``; it then processes ``end - b`` blocks and
+the chain continues at position ``end`` (each block is processed at the first server on the chain that
+hosts it, Lemma 1). A chain is a tuple of :class:`Hop` covering positions 0..L (or a suffix b..L).
+
+Time of one request from client c on chain p, with k_j the blocks processed at server j::
+
+    T_c(p) = D0 + sum_j [tI_cj + k_j tauI_j(l_in)] + (l_out - 1) sum_j [t_cj + k_j tau_j]
+
+with t_cj = rtt_cj + token overhead, tI_cj = rtt_cj + prefill_per_token l_in + prefill overhead and D0 the
+initial delay. All times in seconds, all sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from petalgym.scenario import GpuProfile, ModelSpec, Scenario
+
+
+class Hop(NamedTuple):
+    """One hop of a chain: ``server`` processes blocks ``[start, end)``, up to the end of its span."""
+
+    server: int
+    start: int
+    end: int
+
+    @property
+    def blocks(self) -> int:
+        return self.end - self.start
+
+
+Chain = tuple[Hop, ...]
+
+
+class Placement(NamedTuple):
+    """Where a server's blocks are: ``[start, start + num_blocks)``, and its attention-cache budget in bytes.
+
+    ``cache_bytes=None`` means "all memory left after the blocks" (the paper's model); PETALS reserves a
+    fixed budget instead.
+    """
+
+    start: int
+    num_blocks: int
+    cache_bytes: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_blocks
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory, slots and block counts
+# --------------------------------------------------------------------------------------------------
+def session_cache_bytes(model: ModelSpec, l_in: int, l_out: int) -> int:
+    """s_c = 2 d_model (l_in + l_out) dtype_bytes / kv_groups: one block's KV cache for one session."""
+    return model.session_bytes(l_in, l_out)
+
+
+def cache_slots(memory_bytes: float, num_blocks: int, block_bytes: float, session_bytes: float) -> int:
+    """n_slots = floor((M - s_m m) / s_c): block-session cache slots left after hosting ``num_blocks``.
+
+    A session that passes ``k`` blocks of the server holds ``k`` slots there.
+    """
+    free = memory_bytes - block_bytes * num_blocks
+    return int(free // session_bytes) if free >= 0 else 0
+
+
+def session_capacity(memory_bytes: float, num_blocks: int, block_bytes: float, session_bytes: float) -> int:
+    """f_j = floor((M - s_m m) / (s_c m)): concurrent sessions through all ``num_blocks`` blocks of a server.
+
+    E.g. an 80 GB A100 hosting 53 BLOOM-176B blocks holds ~21 sessions at l_in=20, l_out=128.
+    """
+    if num_blocks <= 0:
+        return 0
+    return cache_slots(memory_bytes, num_blocks, block_bytes, session_bytes) // num_blocks
+
+
+def petals_cache_bytes_per_block(model: ModelSpec, attn_cache_tokens: int) -> int:
+    """PETALS' cache budget per hosted block: 2 d_model attn_cache_tokens dtype_bytes / kv_groups."""
+    return model.kv_bytes_per_block(attn_cache_tokens)
+
+
+def petals_autograd_bytes(model: ModelSpec, autograd_gib: float = 2.0) -> int:
+    """PETALS' memory reserved for autograd: 2 GiB x d_model / 14336."""
+    return int(autograd_gib * 2**30 * model.d_model / 14336)
+
+
+def petals_num_blocks(
+    model: ModelSpec, profile: GpuProfile, attn_cache_tokens: int = 4096, autograd_gib: float = 2.0
+) -> int:
+    """PETALS' block count: min(floor((M - autograd) / (s_m + cache_per_block)), L), capped by the GPU."""
+    per_block = model.block_bytes + petals_cache_bytes_per_block(model, attn_cache_tokens)
+    free = profile.memory_bytes - petals_autograd_bytes(model, autograd_gib)
+    m = min(max(free, 0) // per_block, model.num_blocks)
+    if profile.max_blocks is not None:
+        m = min(m, profile.max_blocks)
+    return int(m)
+
+
+def conservative_num_blocks(
+    memory_bytes: float,
+    block_bytes: float,
+    session_bytes: float,
+    num_sessions: int,
+    num_blocks_total: int,
+    max_blocks: int | None = None,
+) -> int:
+    """CG-BPRR step 1: m_j = min(floor(M_j / (s_m + s_c |R|)), L) (and the GPU's block cap)."""
+    m = min(int(memory_bytes // (block_bytes + session_bytes * num_sessions)), num_blocks_total)
+    if max_blocks is not None:
+        m = min(m, max_blocks)
+    return m
+
+
+def max_design_sessions(scenario: Scenario, session_bytes: float) -> int:
+    """Upper bound on CG-BP's |R|: floor((sum_j M_j - s_m (L + |V_s|)) / (s_c (L + |V_s|)))."""
+    total = sum(s.profile.memory_bytes for s in scenario.servers)
+    k = scenario.num_blocks + scenario.num_servers
+    return max(int((total - scenario.model.block_bytes * k) // (session_bytes * k)), 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-(client, server) time constants
+# --------------------------------------------------------------------------------------------------
+class TimeModel:
+    """Precomputed time constants of a scenario; methods give per-hop and per-request times (seconds).
+
+    Arrays have shape (num_clients, num_servers) or (num_servers,).
+    """
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        o = scenario.overheads
+        self.rtt = scenario.network.rtt_s  # (C, S) raw RTT
+        self.t_token = self.rtt + o.token_overhead_s  # t_cj
+        self.tau = np.array([s.profile.tau_s for s in scenario.servers])  # (S,)
+        self.prefill_slope = np.array([s.profile.prefill_per_token_s for s in scenario.servers])
+        self.prefill_base = np.array([s.profile.prefill_base_s for s in scenario.servers])
+        self.initial_delay = o.initial_delay_s
+        self._o = o
+        # plain-Python copies for the hot paths (numpy scalar access is slow)
+        self._t_token = self.t_token.tolist()
+        self._rtt = self.rtt.tolist()
+        self._tau = self.tau.tolist()
+        self._pslope = self.prefill_slope.tolist()
+        self._pbase = self.prefill_base.tolist()
+
+    # t_cj, tI_cj, tau_j, tauI_j -----------------------------------------------------------------
+    def t_prefill(self, client: int, l_in: int) -> np.ndarray:
+        """tI_cj for all servers j: rtt + prefill_per_token l_in + prefill overhead, shape (S,)."""
+        o = self._o
+        return self.rtt[client] + o.prefill_per_token_s * l_in + o.prefill_overhead_s
+
+    def tau_prefill(self, l_in: int) -> np.ndarray:
+        """tauI_j(l_in) for all servers, shape (S,)."""
+        return self.prefill_slope * l_in + self.prefill_base
+
+    def hop_costs(self, client: int, l_in: int, l_out: int) -> tuple[list[float], list[float]]:
+        """Per-server (fixed, per-block) cost of a hop in total request time:
+        fixed_j = tI_cj + (l_out - 1) t_cj and per_block_j = tauI_j(l_in) + (l_out - 1) tau_j."""
+        o = self._o
+        n = l_out - 1
+        pre = o.prefill_per_token_s * l_in + o.prefill_overhead_s
+        rtt = self._rtt[client]
+        tt = self._t_token[client]
+        fixed = [rtt[j] + pre + n * tt[j] for j in range(len(tt))]
+        per_block = [self._pslope[j] * l_in + self._pbase[j] + n * self._tau[j] for j in range(len(tt))]
+        return fixed, per_block
+
+    def token_costs(self, client: int) -> tuple[list[float], list[float]]:
+        """Per-server (fixed, per-block) cost of a hop in per-token decode time: (t_cj, tau_j)."""
+        return list(self._t_token[client]), list(self._tau)
+
+    # per chain -------------------------------------------------------------------------------------
+    def prefill_time(self, chain: Sequence[Hop], client: int, l_in: int) -> float:
+        """sum over hops of tI_cj(l_in) + k_j tauI_j(l_in) (no initial delay)."""
+        o = self._o
+        pre = o.prefill_per_token_s * l_in + o.prefill_overhead_s
+        rtt = self._rtt[client]
+        return sum(
+            rtt[h.server] + pre + (h.end - h.start) * (self._pslope[h.server] * l_in + self._pbase[h.server])
+            for h in chain
+        )
+
+    def token_time(self, chain: Sequence[Hop], client: int) -> float:
+        """Per-token decode time: sum over hops of t_cj + k_j tau_j."""
+        tt = self._t_token[client]
+        return sum(tt[h.server] + (h.end - h.start) * self._tau[h.server] for h in chain)
+
+    def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:
+        """T_c(p) = D0 + prefill + (l_out - 1) x per-token time, seconds."""
+        return (
+            self.initial_delay
+            + self.prefill_time(chain, client, l_in)
+            + (l_out - 1) * self.token_time(chain, client)
+        )
+
+    def amortised_block_time(self, server: int, num_blocks: int) -> float:
+        """CG-BPRR's t~_j = tau_j + t*_j / m_j with t*_j = max_c t_cj (seconds per block per token)."""
+        t_star = float(self.t_token[:, server].max())
+        return self._tau[server] + t_star / num_blocks
+
+
+# --------------------------------------------------------------------------------------------------
+# Chains
+# --------------------------------------------------------------------------------------------------
+def chain_errors(
+    chain: Sequence[Hop], spans: dict[int, tuple[int, int]], num_blocks: int, start: int = 0
+) -> str | None:
+    """Why ``chain`` is infeasible for the placement ``spans`` ({server: (start, end)}), or None.
+
+    A feasible chain starts at block ``start``, each hop starts where the previous ended, every server
+    hosts the block its hop starts at and processes up to the end of its span, and the last hop ends at L.
+    """
+    if not chain:
+        return "the chain is empty"
+    pos = start
+    seen = set()
+    for i, hop in enumerate(chain):
+        if not isinstance(hop, tuple) or len(hop) != 3:
+            return f"hop {i} is {hop!r}, expected (server, start, end)"
+        server, b, e = hop
+        if server in seen:
+            return f"hop {i}: server {server} appears twice"
+        seen.add(server)
+        if server not in spans:
+            return f"hop {i}: server {server} hosts no blocks (offline, loading, draining or unknown)"
+        a, end = spans[server]
+        if b != pos:
+            return f"hop {i}: starts at block {b}, expected {pos} (where the previous hop ended)"
+        if not a <= b < end:
+            return f"hop {i}: server {server} hosts blocks [{a}, {end}), not block {b}"
+        if e != end:
+            return f"hop {i}: ends at {e}, but server {server} processes up to the end of its span {end}"
+        pos = e
+    if pos != num_blocks:
+        return f"the chain ends at block {pos}, not at the last block {num_blocks}"
+    return None
+
+
+def shortest_chain(
+    spans: Sequence[tuple[int, int, int]],
+    fixed: Sequence[float],
+    per_block: Sequence[float],
+    num_blocks: int,
+    start: int = 0,
+    wait: Callable[[int, int], float] | None = None,
+) -> tuple[float, Chain]:
+    """Cheapest chain from block ``start`` to L for a placement, by dynamic programming over positions.
+
+    ``spans`` lists the usable servers as (server, first block, end). A hop entering server j at position b
+    costs ``fixed[j] + per_block[j] * (end_j - b)`` plus ``wait(j, end_j - b)`` if given (e.g. the time
+    until j has cache for that many blocks; ``inf`` forbids the hop). Only positions reachable as a
+    server's end (or ``start``) can be entered, so the programme runs over at most |spans| + 1 positions:
+    O(|spans|^2) in the worst case. Ties go to the chain found first (servers in ``spans`` order, then
+    fewer hops). Returns (cost, chain); (inf, ()) if no chain exists.
+    """
+    best: dict[int, float] = {start: 0.0}
+    back: dict[int, tuple[int, int]] = {}
+    order = sorted(range(len(spans)), key=lambda i: spans[i][2])
+    inf = math.inf
+    for i in order:
+        j, a, e = spans[i]
+        if e <= start:
+            continue
+        f, w = fixed[j], per_block[j]
+        cand, arg = inf, -1
+        for b, cost in best.items():
+            if a <= b < e:
+                k = e - b
+                c = cost + f + w * k
+                if wait is not None and c < cand:
+                    c += wait(j, k)
+                if c < cand:
+                    cand, arg = c, b
+        if arg >= 0 and cand < best.get(e, inf):
+            best[e] = cand
+            back[e] = (j, arg)
+    total = best.get(num_blocks, inf)
+    if total == inf:
+        return inf, ()
+    hops = []
+    pos = num_blocks
+    while pos != start:
+        j, b = back[pos]
+        hops.append(Hop(j, b, pos))
+        pos = b
+    return total, tuple(reversed(hops))
+
+
+def theorem2_bound(
+    per_block_times: Sequence[float], num_blocks: Sequence[int], total_blocks: int, taus: Sequence[float]
+) -> float:
+    """Theorem 2's bound on CG-BPRR's average per-token time (s).
+
+    With servers sorted by increasing amortised time t~_j and K the fewest of the fastest servers whose
+    block counts sum to >= L: bound = sum_{j<=K} t~_j m_j - tau_K (sum_{j<=K} m_j - L).
+    Arguments are per server: t~_j, m_j, tau_j (any order). Returns inf if all servers cannot cover L.
+    """
+    order = sorted(range(len(per_block_times)), key=lambda j: per_block_times[j])
+    total = 0.0
+    covered = 0
+    for j in order:
+        total += per_block_times[j] * num_blocks[j]
+        covered += num_blocks[j]
+        if covered >= total_blocks:
+            return total - taus[j] * (covered - total_blocks)
+    return math.inf

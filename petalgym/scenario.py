@@ -1,0 +1,872 @@
+"""Scenarios: a typed, validated description of one swarm and its workload, loaded from YAML.
+
+A scenario fixes the model (L blocks, block size, KV-cache geometry), the GPU profiles, the servers and
+their locations, the clients, the network (RTT between every client and server), the workload, server
+churn, the overhead constants of the performance model and PETALS' own constants. Every field is checked
+at load time; an error names the file, the field and the bad value in one line.
+
+Units inside a :class:`Scenario`: seconds and bytes. YAML files use ms / GB (1e9 bytes) where noted.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from petalgym import catalog
+from petalgym.distributions import Distribution, parse_distribution
+from petalgym.errors import InfeasibleScenarioError, ScenarioError
+from petalgym.topology import load_topology
+
+_MISSING = object()
+_BIG = 1e12  # upper bound on any plain number in a scenario: catches fuzzed or mistyped values
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed model
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """The LLM: ``num_blocks`` (L) transformer blocks of ``block_bytes`` (s_m) each."""
+
+    name: str
+    num_blocks: int
+    block_bytes: int
+    d_model: int
+    kv_groups: int
+    dtype_bytes: int
+
+    def kv_bytes_per_block(self, tokens: int) -> int:
+        """KV-cache bytes of one block for one ``tokens``-token session: 2 d_model tokens dtype / groups."""
+        return (2 * self.d_model * int(tokens) * self.dtype_bytes) // self.kv_groups
+
+    def session_bytes(self, l_in: int, l_out: int) -> int:
+        """s_c: the KV cache of ONE block for ONE session, allocated for the full length l_in + l_out."""
+        return self.kv_bytes_per_block(l_in + l_out)
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    """A GPU type: memory (bytes), per-block decode time tau (s/token), prefill time tauI(l_in) (s)."""
+
+    name: str
+    memory_bytes: int
+    tau_s: float
+    prefill_per_token_s: float
+    prefill_base_s: float
+    max_blocks: int | None
+    inference_rps: float
+    forward_rps: float
+    network_rps: float
+
+    def prefill_tau(self, l_in: float) -> float:
+        """tauI_j(l_in): prefill time of one block for a prompt of ``l_in`` tokens, in seconds."""
+        return self.prefill_per_token_s * l_in + self.prefill_base_s
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server: its index, a display name, its GPU profile and its location (cluster or node)."""
+
+    id: int
+    name: str
+    profile: GpuProfile
+    location: int
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """One client: index, name, location (cluster or node) and its share of the requests."""
+
+    id: int
+    name: str
+    location: int
+    weight: float
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """Raw round-trip times ``rtt_s[client, server]`` in seconds, and how they were obtained."""
+
+    kind: str
+    rtt_s: np.ndarray
+    topology: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """A recorded workload: arrival times (s), prompt and output lengths, and client of each request."""
+
+    arrival_s: np.ndarray
+    l_in: np.ndarray
+    l_out: np.ndarray
+    client: np.ndarray
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests: Poisson arrivals at ``arrival_rate`` per second (or a trace), and their lengths."""
+
+    arrival_rate: float
+    num_requests: int | None
+    horizon_s: float | None
+    l_in: Distribution
+    l_out: Distribution
+    max_wait_s: float | None
+    trace: Trace | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        """The largest l_in + l_out a request of this workload can have."""
+        if self.trace is not None:
+            return int((self.trace.l_in + self.trace.l_out).max())
+        return int(self.l_in.maximum + self.l_out.maximum)
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Server churn: time online (lifetime) then offline (downtime), repeated; off unless ``enabled``."""
+
+    enabled: bool
+    lifetime_s: Distribution
+    downtime_s: Distribution
+    failure_fraction: float
+    drain_timeout_s: float
+    no_chain_timeout_s: float
+    load_s_per_gb: float
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Constants of the performance model (paper-notes section 2), in seconds."""
+
+    token_overhead_s: float = 0.100
+    prefill_overhead_s: float = 0.067
+    prefill_per_token_s: float = 0.0007049
+    initial_delay_s: float = 0.070
+
+
+@dataclass(frozen=True)
+class PetalsConstants:
+    """PETALS' own defaults (paper-notes section 6), used by the PETALS baseline."""
+
+    attn_cache_tokens: int = 4096
+    autograd_gib: float = 2.0
+    balance_quality: float = 0.75
+    mean_balance_check_period_s: float = 120.0
+    rebalance: bool = True
+    backoff_cap_s: float = 60.0
+    hop_overhead_s: float = 0.018
+    lacking_cache_penalty_s: float = 10.0
+
+
+@dataclass(frozen=True, eq=False)
+class Scenario:
+    """A complete, validated world: model, servers, clients, network, workload, churn and constants."""
+
+    name: str
+    description: str
+    source: str
+    model: ModelSpec
+    profiles: dict[str, GpuProfile]
+    servers: tuple[ServerSpec, ...]
+    clients: tuple[ClientSpec, ...]
+    network: Network
+    workload: Workload
+    churn: Churn
+    overheads: Overheads = field(default_factory=Overheads)
+    petals: PetalsConstants = field(default_factory=PetalsConstants)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_servers(self) -> int:
+        return len(self.servers)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.model.num_blocks
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Scenario:
+        """A new scenario from this one's YAML with dotted-path ``overrides`` applied, re-validated."""
+        data = apply_overrides(self.raw, overrides)
+        return scenario_from_dict(data, source=self.source)
+
+    def summary(self) -> str:
+        """One line describing the scenario."""
+        profiles: dict[str, int] = {}
+        for s in self.servers:
+            profiles[s.profile.name] = profiles.get(s.profile.name, 0) + 1
+        mix = " + ".join(f"{n} {p}" for p, n in profiles.items())
+        w = self.workload
+        load = "trace" if w.trace is not None else f"lambda={w.arrival_rate:g}/s"
+        churn = ", churn" if self.churn.enabled else ""
+        return f"{self.num_servers} servers ({mix}), {self.num_clients} client(s), {load}{churn}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------------
+class _Section:
+    """A YAML mapping under validation; ``where`` is the path used in error messages."""
+
+    def __init__(self, data: Any, where: str, allowed: set[str] | None = None):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+        bad_keys = [k for k in data if not isinstance(k, str)]
+        if bad_keys:
+            raise ScenarioError(f"{where}: field names must be strings, got {bad_keys[0]!r}")
+        if allowed is not None:
+            unknown = sorted(set(data) - allowed)
+            if unknown:
+                raise ScenarioError(
+                    f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+                )
+        self.data = data
+        self.where = where
+
+    def at(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if default is _MISSING:
+                raise ScenarioError(f"{self.at(key)}: missing required field")
+            return default
+        return self.data[key]
+
+    def num(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        minimum: float = 0.0,
+        strict: bool = False,
+        maximum: float = _BIG,
+        integer: bool = False,
+    ) -> Any:
+        value = self.raw(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            kind = "an integer" if integer else "a number"
+            raise ScenarioError(f"{self.at(key)}: expected {kind}, got {value!r}")
+        if not math.isfinite(value):
+            raise ScenarioError(f"{self.at(key)}: expected a finite number, got {value!r}")
+        if integer and value != int(value):
+            raise ScenarioError(f"{self.at(key)}: expected an integer, got {value!r}")
+        if value < minimum or (strict and value == minimum):
+            rel = ">" if strict else ">="
+            raise ScenarioError(f"{self.at(key)}: must be {rel} {minimum:g}, got {value!r}")
+        if value > maximum:
+            raise ScenarioError(f"{self.at(key)}: must be <= {maximum:g}, got {value!r}")
+        return int(value) if integer else float(value)
+
+    def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ScenarioError(f"{self.at(key)}: expected a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ScenarioError(f"{self.at(key)}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise ScenarioError(f"{self.at(key)}: expected true or false, got {value!r}")
+        return value
+
+    def section(self, key: str, allowed: set[str] | None = None) -> _Section:
+        return _Section(self.data.get(key), self.at(key), allowed)
+
+    def items(self, key: str) -> list[Any]:
+        value = self.raw(key)
+        if not isinstance(value, list) or not value:
+            raise ScenarioError(f"{self.at(key)}: expected a non-empty list, got {value!r}")
+        return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-copy ``data`` and set each dotted path (``"workload.arrival_rate"``, ``"servers.0.count"``)."""
+    out = copy.deepcopy(data)
+    for path, value in overrides.items():
+        node: Any = out
+        keys = path.split(".")
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                try:
+                    node = node[int(k)]
+                except (ValueError, IndexError):
+                    raise ScenarioError(f"override {path!r}: no list item {k!r}") from None
+            else:
+                if not isinstance(node, dict):
+                    raise ScenarioError(f"override {path!r}: {k!r} is not inside a mapping")
+                node = node.setdefault(k, {})
+                if node is None:
+                    node = {}
+        last = keys[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = value
+            except (ValueError, IndexError):
+                raise ScenarioError(f"override {path!r}: no list item {last!r}") from None
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ScenarioError(f"override {path!r}: cannot set a field inside {node!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsers per section
+# --------------------------------------------------------------------------------------------------
+_MODEL_FIELDS = {
+    "name",
+    "num_blocks",
+    "params_per_block",
+    "bits_per_param",
+    "size_overhead",
+    "block_bytes",
+    "block_gb",
+    "d_model",
+    "kv_groups",
+    "dtype_bytes",
+}
+
+
+def _parse_model(value: Any, where: str) -> ModelSpec:
+    if isinstance(value, str):
+        if value not in catalog.MODELS:
+            raise ScenarioError(f"{where}: unknown model {value!r} (built-in: {', '.join(catalog.MODELS)})")
+        name, data = value, dict(catalog.MODELS[value])
+    else:
+        sec = _Section(value, where, _MODEL_FIELDS | {"base"})
+        base = sec.string("base", None)
+        data = {}
+        if base is not None:
+            if base not in catalog.MODELS:
+                raise ScenarioError(f"{sec.at('base')}: unknown model {base!r}")
+            data = dict(catalog.MODELS[base])
+        data.update({k: v for k, v in sec.data.items() if k != "base"})
+        name = data.pop("name", base or "custom")
+    sec = _Section(data, where, _MODEL_FIELDS - {"name"})
+    num_blocks = sec.num("num_blocks", integer=True, minimum=1, maximum=100_000)
+    if sec.has("block_bytes"):
+        block_bytes = sec.num("block_bytes", integer=True, minimum=1)
+    elif sec.has("block_gb"):
+        block_bytes = round(sec.num("block_gb", strict=True, maximum=1e6) * 1e9)
+    else:
+        params = sec.num("params_per_block", strict=True)
+        bits = sec.num("bits_per_param", strict=True, maximum=64)
+        overhead = sec.num("size_overhead", 1.0, strict=True, maximum=100)
+        block_bytes = int(params * bits / 8.0 * overhead)
+    if block_bytes < 1:
+        raise ScenarioError(f"{where}: block size must be at least 1 byte, got {block_bytes}")
+    return ModelSpec(
+        name=str(name),
+        num_blocks=num_blocks,
+        block_bytes=block_bytes,
+        d_model=sec.num("d_model", integer=True, minimum=1, maximum=10_000_000),
+        kv_groups=sec.num("kv_groups", 1, integer=True, minimum=1, maximum=100_000),
+        dtype_bytes=sec.num("dtype_bytes", 2, integer=True, minimum=1, maximum=16),
+    )
+
+
+_PROFILE_FIELDS = {
+    "base",
+    "memory_gb",
+    "tau_ms",
+    "prefill_tau_ms",
+    "max_blocks",
+    "inference_rps",
+    "forward_rps",
+    "network_rps",
+}
+
+
+def _parse_profiles(value: Any, where: str) -> dict[str, GpuProfile]:
+    raw: dict[str, Any] = {k: dict(v) for k, v in catalog.GPU_PROFILES.items()}
+    sec = _Section(value, where)
+    for name, spec in sec.data.items():
+        psec = _Section(spec, f"{where}.{name}", _PROFILE_FIELDS)
+        base = psec.string("base", None)
+        if base is not None:
+            if base not in catalog.GPU_PROFILES:
+                raise ScenarioError(
+                    f"{psec.at('base')}: unknown GPU profile {base!r} "
+                    f"(built-in: {', '.join(catalog.GPU_PROFILES)})"
+                )
+            merged = dict(catalog.GPU_PROFILES[base])
+        else:
+            merged = dict(raw.get(name, {}))
+        merged.update({k: v for k, v in psec.data.items() if k != "base"})
+        raw[name] = merged
+    profiles = {}
+    for name, spec in raw.items():
+        psec = _Section(spec, f"{where}.{name}", _PROFILE_FIELDS - {"base"})
+        pre = psec.section("prefill_tau_ms", {"per_token", "base"})
+        profiles[name] = GpuProfile(
+            name=name,
+            memory_bytes=round(psec.num("memory_gb", strict=True, maximum=1e7) * 1e9),
+            tau_s=psec.num("tau_ms", strict=True, maximum=1e7) / 1e3,
+            prefill_per_token_s=pre.num("per_token", maximum=1e7) / 1e3,
+            prefill_base_s=pre.num("base", maximum=1e7) / 1e3,
+            max_blocks=psec.num("max_blocks", None, integer=True, minimum=1, maximum=100_000),
+            inference_rps=psec.num("inference_rps", 300.0, strict=True),
+            forward_rps=psec.num("forward_rps", 3000.0, strict=True),
+            network_rps=psec.num("network_rps", 3000.0, strict=True),
+        )
+    return profiles
+
+
+def _locations_from(entry: _Section, key: str, count: int) -> list[int | None]:
+    loc = entry.raw(key, None)
+    if loc is None or loc == "auto":
+        return [None] * count
+    if isinstance(loc, list):
+        if len(loc) != count:
+            raise ScenarioError(f"{entry.at(key)}: expected {count} locations (one per server), got {loc!r}")
+        out = []
+        for i, v in enumerate(loc):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ScenarioError(f"{entry.at(key)}[{i}]: expected a non-negative integer, got {v!r}")
+            out.append(v)
+        return out
+    if isinstance(loc, bool) or not isinstance(loc, int) or loc < 0:
+        raise ScenarioError(
+            f"{entry.at(key)}: expected a non-negative integer, a list or 'auto', got {loc!r}"
+        )
+    return [loc] * count
+
+
+def _parse_servers(
+    value: Any, where: str, profiles: dict[str, GpuProfile]
+) -> list[tuple[str, GpuProfile, int | None]]:
+    if not isinstance(value, list) or not value:
+        raise ScenarioError(f"{where}: expected a non-empty list of servers, got {value!r}")
+    out: list[tuple[str, GpuProfile, int | None]] = []
+    for i, item in enumerate(value):
+        sec = _Section(item, f"{where}[{i}]", {"profile", "count", "location", "name"})
+        pname = sec.string("profile")
+        if pname not in profiles:
+            raise ScenarioError(
+                f"{sec.at('profile')}: unknown GPU profile {pname!r} (known: {', '.join(sorted(profiles))})"
+            )
+        count = sec.num("count", 1, integer=True, minimum=1, maximum=100_000)
+        name = sec.string("name", None)
+        for k, loc in enumerate(_locations_from(sec, "location", count)):
+            label = f"{pname}-{len(out)}" if name is None else (name if count == 1 else f"{name}-{k}")
+            out.append((label, profiles[pname], loc))
+    return out
+
+
+def _parse_clients(value: Any, where: str) -> list[tuple[str, int | None, float]]:
+    if value is None:
+        value = [{"name": "client"}]
+    if not isinstance(value, list) or not value:
+        raise ScenarioError(f"{where}: expected a non-empty list of clients, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        sec = _Section(item, f"{where}[{i}]", {"name", "location", "weight"})
+        (loc,) = _locations_from(sec, "location", 1)
+        out.append((sec.string("name", f"client-{i}"), loc, sec.num("weight", 1.0, strict=True)))
+    return out
+
+
+def _parse_network(
+    value: Any,
+    where: str,
+    servers: list[tuple[str, GpuProfile, int | None]],
+    clients: list[tuple[str, int | None, float]],
+    base_dir: Path | None,
+) -> tuple[Network, list[int], list[int]]:
+    sec = _Section(
+        value,
+        where,
+        {
+            "kind",
+            "rtt_ms",
+            "intra_rtt_ms",
+            "inter_rtt_ms",
+            "cluster_rtt_ms",
+            "topology",
+            "seed",
+            "low_degree",
+        },
+    )
+    if not sec.data:
+        raise ScenarioError(f"{where}: missing required section")
+    kind = sec.string("kind", choices=("matrix", "clusters", "topology"))
+    n_s, n_c = len(servers), len(clients)
+    s_loc = [loc for _, _, loc in servers]
+    c_loc = [loc for _, loc, _ in clients]
+    if kind == "matrix":
+        rtt = sec.raw("rtt_ms")
+        try:
+            arr = np.asarray(rtt, dtype=float)
+        except (TypeError, ValueError):
+            raise ScenarioError(
+                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers"
+            ) from None
+        if arr.shape != (n_c, n_s):
+            raise ScenarioError(
+                f"{sec.at('rtt_ms')}: expected shape {n_c} clients x {n_s} servers, got {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1e7):
+            raise ScenarioError(f"{sec.at('rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms")
+        return Network("matrix", arr / 1e3), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
+    if kind == "clusters":
+        locs = [v for v in s_loc + c_loc]
+        if any(v is None for v in locs):
+            raise ScenarioError(
+                f"{where}: kind 'clusters' needs a 'location' (cluster index) on every server and client"
+            )
+        n_clusters = max(locs) + 1
+        if sec.has("cluster_rtt_ms"):
+            try:
+                mat = np.asarray(sec.raw("cluster_rtt_ms"), dtype=float)
+            except (TypeError, ValueError):
+                raise ScenarioError(
+                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix of numbers"
+                ) from None
+            if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
+                raise ScenarioError(
+                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix covering {n_clusters} clusters, "
+                    f"got shape {mat.shape}"
+                )
+            if not np.all(np.isfinite(mat)) or np.any(mat < 0) or np.any(mat > 1e7):
+                raise ScenarioError(f"{sec.at('cluster_rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms")
+        else:
+            intra = sec.num("intra_rtt_ms", maximum=1e7)
+            inter = sec.num("inter_rtt_ms", maximum=1e7)
+            mat = np.full((n_clusters, n_clusters), inter)
+            np.fill_diagonal(mat, intra)
+        rtt = mat[np.ix_(c_loc, s_loc)] / 1e3
+        return Network("clusters", rtt), s_loc, c_loc  # type: ignore[arg-type]
+    # topology
+    topo_name = sec.string("topology")
+    ref = topo_name
+    if base_dir is not None and topo_name.lower() not in ("abovenet", "bellcanada", "gtsce"):
+        candidate = base_dir / topo_name
+        if candidate.is_file():
+            ref = str(candidate)
+    try:
+        topo = load_topology(ref)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{sec.at('topology')}: {exc}") from None
+    rng = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1))
+    n_nodes = topo.num_nodes
+    for i, v in enumerate(s_loc + c_loc):
+        if v is not None and v >= n_nodes:
+            who = f"servers[{i}]" if i < n_s else f"clients[{i - n_s}]"
+            raise ScenarioError(f"{who}.location: node {v} is not in topology {topo.name} (0..{n_nodes - 1})")
+    component = topo.largest_component()
+    taken = {v for v in s_loc if v is not None}
+    free = [v for v in component if v not in taken]
+    need = sum(v is None for v in s_loc)
+    if need > len(free):
+        raise ScenarioError(
+            f"{where}: cannot place {need} servers on distinct nodes: topology {topo.name} has only "
+            f"{len(free)} free nodes in its largest component"
+        )
+    picks = list(rng.choice(free, size=need, replace=False)) if need else []
+    s_nodes = [int(v) if v is not None else int(picks.pop(0)) for v in s_loc]
+    max_deg = sec.num("low_degree", 2, integer=True, minimum=1)
+    used = set(s_nodes)
+    pool = [v for v in component if v not in used] or list(component)
+    low = [v for v in pool if topo.degree(v) <= max_deg]
+    if not low:
+        dmin = min(topo.degree(v) for v in pool)
+        low = [v for v in pool if topo.degree(v) == dmin]
+    c_nodes = [int(v) if v is not None else int(rng.choice(low)) for v in c_loc]
+    rtt = topo.rtt_matrix(c_nodes, s_nodes)
+    return Network("topology", rtt, topology=topo.name), s_nodes, c_nodes
+
+
+def _read_trace(path_value: str, where: str, base_dir: Path | None, n_clients: int) -> Trace:
+    path = Path(path_value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ScenarioError(f"{where}: trace file {str(path)!r} does not exist")
+    rows = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        need = {"arrival_s", "l_in", "l_out"}
+        if not need <= cols:
+            raise ScenarioError(
+                f"{where}: trace {path.name} needs columns {sorted(need)}, has {sorted(cols)}"
+            )
+        for line, row in enumerate(reader, start=2):
+            try:
+                t = float(row["arrival_s"])
+                li = int(row["l_in"])
+                lo = int(row["l_out"])
+                c = int(row["client"]) if row.get("client") not in (None, "") else 0
+            except (TypeError, ValueError):
+                raise ScenarioError(f"{where}: trace {path.name} line {line}: bad value in {row}") from None
+            if not math.isfinite(t) or t < 0 or li < 1 or lo < 1 or not 0 <= c < n_clients:
+                raise ScenarioError(
+                    f"{where}: trace {path.name} line {line}: need arrival_s >= 0, l_in >= 1, l_out >= 1 and "
+                    f"client in 0..{n_clients - 1}, got {row}"
+                )
+            rows.append((t, li, lo, c))
+    if not rows:
+        raise ScenarioError(f"{where}: trace {path.name} has no requests")
+    rows.sort(key=lambda r: r[0])
+    arr = np.asarray(rows, dtype=float)
+    return Trace(
+        arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64), arr[:, 3].astype(np.int64)
+    )
+
+
+def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: int) -> Workload:
+    sec = _Section(
+        value, where, {"arrival_rate", "num_requests", "horizon_s", "l_in", "l_out", "trace", "max_wait_s"}
+    )
+    trace = None
+    if sec.has("trace"):
+        trace = _read_trace(sec.string("trace"), sec.at("trace"), base_dir, n_clients)
+    rate = sec.num("arrival_rate", 0.0 if trace is not None else _MISSING, strict=trace is None, maximum=1e6)
+    n_req = sec.num("num_requests", None, integer=True, minimum=1, maximum=100_000_000)
+    horizon = sec.num("horizon_s", None, strict=True)
+    if trace is None and n_req is None and horizon is None:
+        raise ScenarioError(f"{where}: give num_requests or horizon_s (or a trace)")
+    l_in = parse_distribution(sec.raw("l_in", 20), sec.at("l_in"), integer=True)
+    l_out = parse_distribution(sec.raw("l_out", 128), sec.at("l_out"), integer=True)
+    for key, dist in (("l_in", l_in), ("l_out", l_out)):
+        if dist.maximum > 10_000_000:
+            raise ScenarioError(f"{sec.at(key)}: lengths must be <= 1e7 tokens, got up to {dist.maximum:g}")
+    return Workload(
+        arrival_rate=rate,
+        num_requests=n_req,
+        horizon_s=horizon,
+        l_in=l_in,
+        l_out=l_out,
+        max_wait_s=sec.num("max_wait_s", None, strict=True),
+        trace=trace,
+    )
+
+
+def _parse_churn(value: Any, where: str) -> Churn:
+    sec = _Section(
+        value,
+        where,
+        {
+            "enabled",
+            "lifetime_s",
+            "downtime_s",
+            "failure_fraction",
+            "drain_timeout_s",
+            "no_chain_timeout_s",
+            "load_s_per_gb",
+        },
+    )
+    return Churn(
+        enabled=sec.boolean("enabled", False),
+        lifetime_s=parse_distribution(
+            sec.raw("lifetime_s", {"dist": "exponential", "mean": 3600.0}), sec.at("lifetime_s")
+        ),
+        downtime_s=parse_distribution(
+            sec.raw("downtime_s", {"dist": "exponential", "mean": 600.0}), sec.at("downtime_s")
+        ),
+        failure_fraction=sec.num("failure_fraction", 0.5, maximum=1.0),
+        drain_timeout_s=sec.num("drain_timeout_s", 300.0),
+        no_chain_timeout_s=sec.num("no_chain_timeout_s", 300.0, strict=True),
+        load_s_per_gb=sec.num("load_s_per_gb", 2.0),
+    )
+
+
+def _parse_overheads(value: Any, where: str) -> Overheads:
+    sec = _Section(
+        value, where, {"token_overhead_ms", "prefill_overhead_ms", "prefill_per_token_ms", "initial_delay_ms"}
+    )
+    d = Overheads()
+    return Overheads(
+        token_overhead_s=sec.num("token_overhead_ms", d.token_overhead_s * 1e3, maximum=1e7) / 1e3,
+        prefill_overhead_s=sec.num("prefill_overhead_ms", d.prefill_overhead_s * 1e3, maximum=1e7) / 1e3,
+        prefill_per_token_s=sec.num("prefill_per_token_ms", d.prefill_per_token_s * 1e3, maximum=1e7) / 1e3,
+        initial_delay_s=sec.num("initial_delay_ms", d.initial_delay_s * 1e3, maximum=1e7) / 1e3,
+    )
+
+
+def _parse_petals(value: Any, where: str) -> PetalsConstants:
+    d = PetalsConstants()
+    sec = _Section(value, where, set(d.__dataclass_fields__))
+    return PetalsConstants(
+        attn_cache_tokens=sec.num("attn_cache_tokens", d.attn_cache_tokens, integer=True, minimum=1),
+        autograd_gib=sec.num("autograd_gib", d.autograd_gib),
+        balance_quality=sec.num("balance_quality", d.balance_quality, maximum=1.0),
+        mean_balance_check_period_s=sec.num(
+            "mean_balance_check_period_s", d.mean_balance_check_period_s, strict=True
+        ),
+        rebalance=sec.boolean("rebalance", d.rebalance),
+        backoff_cap_s=sec.num("backoff_cap_s", d.backoff_cap_s, strict=True),
+        hop_overhead_s=sec.num("hop_overhead_s", d.hop_overhead_s),
+        lacking_cache_penalty_s=sec.num("lacking_cache_penalty_s", d.lacking_cache_penalty_s),
+    )
+
+
+_TOP_FIELDS = {
+    "name",
+    "description",
+    "model",
+    "gpu_profiles",
+    "servers",
+    "clients",
+    "network",
+    "workload",
+    "churn",
+    "overheads",
+    "petals",
+}
+
+
+def scenario_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None = None) -> Scenario:
+    """Validate a scenario mapping (as read from YAML) into a :class:`Scenario`.
+
+    Raises :class:`ScenarioError` naming ``source``, the field path and the bad value.
+    """
+    try:
+        return _scenario_from_dict(data, source, base_dir)
+    except ScenarioError as exc:
+        msg = str(exc)
+        if not msg.startswith(source):
+            msg = f"{source}: {msg}"
+        raise type(exc)(msg) from None
+
+
+def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenario:
+    top = _Section(data, "", _TOP_FIELDS)
+    name = top.string("name", Path(source).stem if source != "<dict>" else "custom")
+    model = _parse_model(top.raw("model", "bloom-176b"), "model")
+    profiles = _parse_profiles(top.data.get("gpu_profiles"), "gpu_profiles")
+    server_rows = _parse_servers(top.raw("servers"), "servers", profiles)
+    client_rows = _parse_clients(top.data.get("clients"), "clients")
+    network, s_loc, c_loc = _parse_network(
+        top.data.get("network"), "network", server_rows, client_rows, base_dir
+    )
+    servers = tuple(
+        ServerSpec(id=i, name=label, profile=prof, location=int(s_loc[i]))
+        for i, (label, prof, _) in enumerate(server_rows)
+    )
+    clients = tuple(
+        ClientSpec(id=i, name=cname, location=int(c_loc[i]), weight=w)
+        for i, (cname, _, w) in enumerate(client_rows)
+    )
+    workload = _parse_workload(top.data.get("workload"), "workload", base_dir, len(clients))
+    scenario = Scenario(
+        name=name,
+        description=top.string("description", ""),
+        source=source,
+        model=model,
+        profiles=profiles,
+        servers=servers,
+        clients=clients,
+        network=network,
+        workload=workload,
+        churn=_parse_churn(top.data.get("churn"), "churn"),
+        overheads=_parse_overheads(top.data.get("overheads"), "overheads"),
+        petals=_parse_petals(top.data.get("petals"), "petals"),
+        raw=copy.deepcopy(data),
+    )
+    check_feasible(scenario)
+    return scenario
+
+
+def max_blocks_on(scenario: Scenario, server: ServerSpec, tokens: int | None = None) -> int:
+    """Most blocks ``server`` can host while keeping cache for one session of ``tokens`` tokens."""
+    m = scenario.model
+    tokens = scenario.workload.max_tokens if tokens is None else tokens
+    per_block = m.block_bytes + m.kv_bytes_per_block(tokens)
+    count = min(server.profile.memory_bytes // per_block, m.num_blocks)
+    if server.profile.max_blocks is not None:
+        count = min(count, server.profile.max_blocks)
+    return int(count)
+
+
+def check_feasible(scenario: Scenario) -> None:
+    """Raise :class:`InfeasibleScenarioError` if a server cannot hold one block with the cache of one
+    session, or if all servers together cannot cover the model's L blocks."""
+    m = scenario.model
+    tokens = scenario.workload.max_tokens
+    total = 0
+    for s in scenario.servers:
+        k = max_blocks_on(scenario, s, tokens)
+        if k < 1:
+            need = (m.block_bytes + m.kv_bytes_per_block(tokens)) / 1e9
+            raise InfeasibleScenarioError(
+                f"servers[{s.id}] ({s.name}, profile {s.profile.name}): {s.profile.memory_bytes / 1e9:g} GB "
+                f"cannot hold one block plus the cache of one {tokens}-token session ({need:.4g} GB)"
+            )
+        total += k
+    if total < m.num_blocks:
+        raise InfeasibleScenarioError(
+            f"infeasible: the {scenario.num_servers} servers can host at most {total} blocks in total "
+            f"(keeping cache for one session), but the model has {m.num_blocks} blocks"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+def _scenario_dir():
+    return resources.files("petalgym.configs") / "scenarios"
+
+
+def list_scenarios() -> list[str]:
+    """Names of the scenarios shipped with petalgym."""
+    return sorted(p.name[:-5] for p in _scenario_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_scenario(name_or_path: str | Path | Scenario, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Load a built-in scenario by name, or a YAML file by path, and apply dotted-path ``overrides``."""
+    if isinstance(name_or_path, Scenario):
+        return name_or_path.with_overrides(overrides) if overrides else name_or_path
+    ref = str(name_or_path)
+    builtin = _scenario_dir() / f"{ref}.yaml"
+    if builtin.is_file():
+        text, source, base_dir = builtin.read_text(), f"{ref}.yaml", None
+    else:
+        path = Path(ref)
+        if not path.is_file():
+            raise ScenarioError(
+                f"scenario {ref!r}: no such file, and not a built-in scenario ({', '.join(list_scenarios())})"
+            )
+        text, source, base_dir = path.read_text(), str(path), path.parent
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"{source}:{where}: invalid YAML ({problem})") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{source}: expected a mapping at the top level")
+        data = apply_overrides(data, overrides)
+    return scenario_from_dict(data, source=source, base_dir=base_dir)
+
+
+def with_workload(scenario: Scenario, **changes: Any) -> Scenario:
+    """A copy of ``scenario`` whose :class:`Workload` has ``changes`` (typed values, no re-validation)."""
+    return replace(scenario, workload=replace(scenario.workload, **changes))
