@@ -1,1 +1,23 @@
-"""Non-learned deciders (installed as ``petalgym.baselines``); importing this module registers them."""
+"""Non-learned deciders (installed as ``petalgym.baselines``).
+
+Importing this package registers every baseline under its name in :mod:`petalgym.deciders`; the module
+behind a name is imported on first use.
+"""
+
+from petalgym.deciders import register_decider
+
+#: name -> "module:factory" of every baseline decider.
+BASELINES: dict[str, str] = {
+    "petals": "petalgym.baselines.petals:PetalsDecider",
+    "cg-bprr": "petalgym.baselines.cg:CGBPRRDecider",
+    "cg-bp-ws-rr": "petalgym.baselines.cg:CGBPWSRRDecider",
+    "milp": "petalgym.baselines.milp:MILPDecider",
+    "random": "petalgym.baselines.simple:RandomDecider",
+    "round-robin": "petalgym.baselines.simple:RoundRobinDecider",
+    "petals-opt-order": "petalgym.baselines.ablations:optimized_order",
+    "petals-opt-number": "petalgym.baselines.ablations:optimized_number",
+    "petals-opt-rr": "petalgym.baselines.ablations:optimized_rr",
+}
+
+for _name, _target in BASELINES.items():
+    register_decider(_name, _target)
