@@ -86,7 +86,10 @@ def make_decider(name: str, **kwargs: Any) -> Decider:
     factory = _REGISTRY[name]
     if isinstance(factory, str):
         module, attr = factory.split(":")
-        factory = getattr(importlib.import_module(module), attr)
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise DeciderError(f"decider {name!r}: cannot load {module}:{attr} ({exc})") from exc
         _REGISTRY[name] = factory
     return factory(**kwargs)
 

@@ -59,6 +59,8 @@ _COMPLETE, _START, _JOIN_READY, _LEAVE, _DRAIN_END, _REJOIN, _ARRIVAL, _RETRY, _
     10
 )
 
+_WAIT_EPS = 1e-9  # s: a back-off retry this close to the end of max_wait_s counts as at the end
+
 _RUNNING, _WAITING, _ROUTING, _STALLED = (
     RequestStatus.RUNNING,
     RequestStatus.WAITING,
@@ -143,7 +145,8 @@ class Simulator:
         scenario: the world.
         seed: seeds every random stream of the episode.
         rebalance_period_s: if set, ONLINE servers are offered REBALANCE decisions at random intervals
-            uniform in [0, 2 x period] (PETALS' balance check).
+            uniform in [0, 2 x period] (PETALS' balance check). :meth:`run` replaces it by its decider's
+            ``rebalance_period_s`` (read after the decider's ``reset``).
         check_invariants: verify memory, chain and conservation invariants after every event (slow; tests).
     """
 
@@ -351,8 +354,11 @@ class Simulator:
     def run(self, decider: Decider) -> SimulationResult:
         """Play the whole episode with ``decider`` (reset with this episode's decider stream)."""
         t0 = time.perf_counter()
-        decide = 0.0
         decider.reset(self.scenario, self.decider_rng)
+        decide = time.perf_counter() - t0  # offline deciders do their planning in reset()
+        # the decider may set its balance-check period from the scenario in reset(); no check has been
+        # scheduled yet (servers come online when the first PLACE decisions are applied below)
+        self.rebalance_period_s = decider.rebalance_period_s
         view = self.view
         route, place, rebalance = decider.route, decider.place, decider.rebalance
         name = decider.name
@@ -462,13 +468,17 @@ class Simulator:
 
     # ROUTE -----------------------------------------------------------------------------------------
     def _refresh_kept(self, req: Request) -> None:
-        """Drop kept upstream hops whose server is no longer ONLINE (route from the first dropped one)."""
+        """Drop kept upstream hops whose server is no longer ONLINE or has gone offline or moved since the
+        hop was kept (its cache is gone, its span may differ); route from the first dropped one."""
         kept = req.kept
         if kept:
             servers = self.servers
+            versions = req.kept_versions
             for i, h in enumerate(kept):
-                if servers[h.server].status != _ONLINE:
+                s = servers[h.server]
+                if s.status != _ONLINE or s.version != versions[i]:
                     req.kept = kept[:i]
+                    req.kept_versions = versions[:i]
                     req.route_from = h.start
                     break
 
@@ -537,9 +547,12 @@ class Simulator:
         if t_start <= now:
             self._begin(req, chain, hops, needs, now, first, d, duration)
             return
-        if (
-            self._max_wait is not None
-            and req.wait_s + (t_start if wait else now) - req.wait_since > self._max_wait
+        # waiting budget max_wait_s: a reservation must start within it; a back-off retry is never scheduled
+        # past it (the last retry comes when it runs out), and a retry that still cannot start then fails
+        waited = req.wait_s + now - req.wait_since
+        max_wait = self._max_wait
+        if max_wait is not None and (
+            waited + (t_start - now) > max_wait if wait else waited >= max_wait - _WAIT_EPS
         ):
             self._fail(req, "wait_timeout")
             return
@@ -557,6 +570,8 @@ class Simulator:
         else:
             req.retries += 1
             backoff = min(2.0 ** (req.retries - 1), self._backoff_cap)
+            if max_wait is not None:
+                backoff = min(backoff, max_wait - waited)
             req.chain = ()
             self._push(now + backoff, _RETRY, req, req.version)
 
@@ -586,6 +601,7 @@ class Simulator:
         req.chain = chain
         req.new_hops = hops
         req.kept = ()
+        req.kept_versions = ()
         req.status = _RUNNING
         req.seg_start = t
         req.t_next = t + first
@@ -677,6 +693,7 @@ class Simulator:
         chain = req.chain
         i = next(k for k, h in enumerate(chain) if h.server == server)
         req.kept = chain[:i]
+        req.kept_versions = tuple(self.servers[h.server].version for h in req.kept)
         req.route_from = chain[i].start
         req.tokens_done = g
         req.history_tokens = req.l_in + g
@@ -805,10 +822,7 @@ def simulate(
     scenario: Scenario, decider: Decider, seed: int = 0, *, check_invariants: bool = False
 ) -> SimulationResult:
     """Run one episode of ``scenario`` with ``decider`` and return its result."""
-    sim = Simulator(
-        scenario, seed, rebalance_period_s=decider.rebalance_period_s, check_invariants=check_invariants
-    )
-    return sim.run(decider)
+    return Simulator(scenario, seed, check_invariants=check_invariants).run(decider)
 
 
 __all__ = ["Decision", "DecisionKind", "SimulationResult", "Simulator", "max_blocks_on", "simulate"]

@@ -1,0 +1,200 @@
+"""The ``petalgym`` command: list scenarios, simulate, evaluate, solve, reproduce the paper, train agents."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from petalgym.errors import PetalgymError
+
+console = Console()
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["workload.arrival_rate=0.5", ...]`` -> {"workload.arrival_rate": 0.5} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise PetalgymError(f"--set {item!r}: expected key=value, e.g. workload.arrival_rate=0.5")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PetalgymError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["solver=cbc", "time_limit_s=30"]`` -> keyword arguments (values parsed as YAML)."""
+    return parse_overrides(items)
+
+
+# --------------------------------------------------------------------------------------------------
+# scenarios
+# --------------------------------------------------------------------------------------------------
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from petalgym.scenario import list_scenarios, load_scenario
+
+    table = Table(title="Built-in scenarios (configs/scenarios)")
+    for col in ("name", "swarm", "L", "description"):
+        table.add_column(col, overflow="fold")
+    for name in list_scenarios():
+        sc = load_scenario(name)
+        table.add_row(name, sc.summary(), str(sc.num_blocks), sc.description)
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# simulate
+# --------------------------------------------------------------------------------------------------
+def _fmt(value: float) -> str:
+    if value != value:  # nan
+        return "-"
+    if abs(value) >= 1000 or float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from petalgym.deciders import make_decider
+    from petalgym.scenario import load_scenario
+    from petalgym.simulator import simulate
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    decider = make_decider(args.decider, **parse_kwargs(args.decider_arg))
+    result = simulate(scenario, decider, seed=args.seed, check_invariants=args.check)
+    summary = result.summary()
+    table = Table(title=f"{scenario.name} | {decider.describe()} | seed {args.seed}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, _fmt(value))
+    for key, value in result.extra.items():
+        table.add_row(key, str(value))
+    console.print(f"[dim]{scenario.summary()}[/dim]")
+    console.print(table)
+    if args.csv:
+        path = result.to_csv(args.csv)
+        console.print(f"per-request records written to {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------
+#: The baselines `petalgym evaluate` runs by default (paper-notes sections 4-6, plus simple references).
+DEFAULT_DECIDERS = (
+    "petals",
+    "petals-opt-order",
+    "petals-opt-number",
+    "petals-opt-rr",
+    "cg-bprr",
+    "cg-bp-ws-rr",
+    "milp",
+    "random",
+    "round-robin",
+)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from petalgym.evaluation import DeciderSpec, evaluate
+
+    names = args.deciders.split(",") if args.deciders else list(DEFAULT_DECIDERS)
+    specs = [DeciderSpec.parse(n) for n in names if n.strip()]
+    for path in args.agent or []:
+        specs.append(DeciderSpec("agent", {"path": path}, label=f"agent:{Path(path).stem}"))
+    reference = args.reference if any(s.display == args.reference for s in specs) else None
+    settings = {"": parse_overrides(args.set)}
+    ev = evaluate(
+        args.scenario,
+        specs,
+        range(args.seed0, args.seed0 + args.seeds),
+        settings=settings,
+        reference=reference,
+        workers=args.workers,
+        backend=args.backend,
+        address=args.address,
+        progress=not args.no_progress,
+    )
+    wide = Console(width=max(console.width, 170))
+    wide.print(ev.table(f"{args.scenario}: mean ± 95 % CI over {args.seeds} seeds"))
+    out = Path(args.output)
+    files = [
+        ev.to_csv(out / "evaluation.csv"),
+        ev.to_json(out / "evaluation.json"),
+        ev.plot(out / "evaluation.png"),
+    ]
+    console.print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="petalgym",
+        description="Block placement and request routing for geo-distributed LLM inference (PETALS-style).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("scenarios", help="list the built-in scenarios")
+    p.set_defaults(func=cmd_scenarios)
+
+    p = sub.add_parser("simulate", help="simulate one episode with one decider and print a summary")
+    p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decider", default="cg-bp-ws-rr", help="registered decider name")
+    p.add_argument("--decider-arg", action="append", metavar="KEY=VALUE", help="decider keyword argument")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="scenario override, e.g. workload.arrival_rate=0.5",
+    )
+    p.add_argument("--csv", help="write per-request records to this CSV file")
+    p.add_argument("--check", action="store_true", help="check invariants after every event (slow)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("evaluate", help="run deciders over seeds and print/write a comparison table")
+    p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
+    p.add_argument(
+        "--deciders", help=f"comma-separated decider names (default: {','.join(DEFAULT_DECIDERS)})"
+    )
+    p.add_argument("--agent", action="append", metavar="MODEL.zip", help="add a trained agent (repeatable)")
+    p.add_argument("--seeds", type=int, default=10, help="number of seeds")
+    p.add_argument("--seed0", type=int, default=0, help="first seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    p.add_argument("--reference", default="petals", help="decider that reductions are computed against")
+    p.add_argument("--workers", type=int, default=1, help="processes for the local backend (0: all cores)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (backend ray); default: a local Ray")
+    p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``petalgym`` command; bad input prints one ``error:`` line and exits with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PetalgymError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The evaluation harness: run deciders on scenarios over seeds, aggregate with confidence intervals.
+
+Every decider of a grid sees the same arrivals, churn and join order for a given seed (common random
+numbers: the simulator derives every stream from the seed), so per-seed differences between deciders are
+paired. Results are per-run rows (one per setting x decider x seed) and aggregates per setting x decider
+with 95 % Student-t confidence intervals over seeds; they can be printed (rich), written (CSV, JSON) and
+plotted (matplotlib bar chart).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from scipy import stats
+
+from petalgym.deciders import Decider, make_decider
+from petalgym.errors import PetalgymError
+from petalgym.scenario import Scenario, load_scenario
+from petalgym.simulator import simulate
+
+#: Metrics aggregated by default: name -> (column title, unit).
+DEFAULT_METRICS: dict[str, tuple[str, str]] = {
+    "per_token_s": ("per-token", "s"),
+    "ttft_s": ("TTFT", "s"),
+    "later_token_s": ("later tokens", "s"),
+    "wait_s": ("wait", "s"),
+    "failed": ("failed", ""),
+    "decide_s": ("decider time", "s"),
+}
+
+
+@dataclass(frozen=True)
+class DeciderSpec:
+    """A decider to build in any process: registry ``name`` + keyword arguments, shown as ``label``."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def build(self) -> Decider:
+        return make_decider(self.name, **self.kwargs)
+
+    @classmethod
+    def parse(cls, text: str) -> DeciderSpec:
+        """``"milp"`` or ``"milp:solver=cbc,time_limit_s=30"`` (values parsed as YAML)."""
+        import yaml
+
+        name, _, rest = text.partition(":")
+        kwargs: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise PetalgymError(f"decider {text!r}: expected name:key=value,key=value")
+            kwargs[key.strip()] = yaml.safe_load(value)
+        return cls(name.strip(), kwargs, text.strip() if kwargs else "")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One simulation: a scenario (+ overrides) under a named ``setting``, one decider, one seed."""
+
+    scenario: Scenario | str
+    decider: DeciderSpec
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    setting: str = ""
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Simulate ``spec`` and return one flat row: setting, scenario, decider, seed and the summary."""
+    scenario = load_scenario(spec.scenario, spec.overrides or None)
+    decider = spec.decider.build()
+    result = simulate(scenario, decider, seed=spec.seed)
+    row: dict[str, Any] = {
+        "setting": spec.setting or scenario.name,
+        "scenario": scenario.name,
+        "decider": spec.decider.display,
+        "seed": spec.seed,
+    }
+    row.update(result.summary())
+    return row
+
+
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of a Student-t confidence interval; half-width nan with fewer than 2 values."""
+    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return mean, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    return mean, half
+
+
+Runner = Callable[[Sequence[RunSpec], Callable[[dict[str, Any]], None]], list[dict[str, Any]]]
+
+
+def _run_local(
+    specs: Sequence[RunSpec], workers: int, on_row: Callable[[dict[str, Any]], None]
+) -> list[dict]:
+    rows: list[dict[str, Any] | None] = [None] * len(specs)
+    if workers <= 1:
+        for i, spec in enumerate(specs):
+            rows[i] = run_one(spec)
+            on_row(rows[i])
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run_one, spec): i for i, spec in enumerate(specs)}
+            for fut in as_completed(futures):
+                rows[futures[fut]] = fut.result()
+                on_row(rows[futures[fut]])
+    return [r for r in rows if r is not None]
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+    description: str = "simulating",
+) -> list[dict[str, Any]]:
+    """Run every spec and return the rows in spec order.
+
+    ``backend="local"`` runs in this process (``workers=1``) or a process pool; ``backend="ray"`` runs
+    each spec as a Ray task (see :mod:`petalgym.distributed`). Results do not depend on the backend.
+    """
+    if backend not in ("local", "ray"):
+        raise PetalgymError(f"unknown backend {backend!r} (expected 'local' or 'ray')")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=len(specs))
+
+        def tick(_: dict[str, Any]) -> None:
+            bar.advance(task)
+
+        if backend == "ray":
+            from petalgym.distributed import run_grid_ray
+
+            return run_grid_ray(specs, address=address, on_row=tick)
+        return _run_local(specs, workers, tick)
+
+
+@dataclass
+class Evaluation:
+    """Rows of a grid (one per setting x decider x seed) and their aggregates."""
+
+    rows: list[dict[str, Any]]
+    metrics: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEFAULT_METRICS))
+    reference: str | None = None  # decider that reductions are computed against, e.g. "petals"
+
+    def settings(self) -> list[str]:
+        return list(dict.fromkeys(r["setting"] for r in self.rows))
+
+    def deciders(self) -> list[str]:
+        return list(dict.fromkeys(r["decider"] for r in self.rows))
+
+    def aggregate(self) -> list[dict[str, Any]]:
+        """Per setting x decider: n seeds, mean and 95 % CI half-width of each metric, and (with a
+        reference decider) the mean per-seed reduction of per-token time vs the reference."""
+        out = []
+        for setting in self.settings():
+            ref = {
+                r["seed"]: r["per_token_s"]
+                for r in self.rows
+                if r["setting"] == setting and r["decider"] == self.reference
+            }
+            for decider in self.deciders():
+                rows = [r for r in self.rows if r["setting"] == setting and r["decider"] == decider]
+                if not rows:
+                    continue
+                agg: dict[str, Any] = {"setting": setting, "decider": decider, "n": len(rows)}
+                for m in self.metrics:
+                    mean, half = confidence_interval([float(r.get(m, math.nan)) for r in rows])
+                    agg[m] = mean
+                    agg[f"{m}_ci95"] = half
+                if ref and decider != self.reference:
+                    red = [
+                        1.0 - r["per_token_s"] / ref[r["seed"]]
+                        for r in rows
+                        if r["seed"] in ref and ref[r["seed"]] > 0
+                    ]
+                    agg["reduction"], agg["reduction_ci95"] = confidence_interval(red)
+                out.append(agg)
+        return out
+
+    def table(self, title: str = "Evaluation") -> Table:
+        """A rich table of the aggregates: mean ± 95 % CI per metric."""
+        table = Table(title=title)
+        table.add_column("setting")
+        table.add_column("decider")
+        table.add_column("seeds", justify="right")
+        for _, (label, unit) in self.metrics.items():
+            table.add_column(f"{label} ({unit})" if unit else label, justify="right")
+        if self.reference:
+            table.add_column(f"vs {self.reference}", justify="right")
+        for agg in self.aggregate():
+            cells = [agg["setting"], agg["decider"], str(agg["n"])]
+            for m in self.metrics:
+                cells.append(_pm(agg[m], agg[f"{m}_ci95"]))
+            if self.reference:
+                red = agg.get("reduction")
+                cells.append("-" if red is None else _pm(100 * red, 100 * agg["reduction_ci95"], "%"))
+            table.add_row(*cells)
+        return table
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the per-run rows."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write rows and aggregates (NaN as null)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"reference": self.reference, "aggregate": self.aggregate(), "rows": self.rows}
+        path.write_text(json.dumps(_nan_to_none(payload), indent=1))
+        return path
+
+    def plot(self, path: str | Path, metric: str = "per_token_s") -> Path:
+        """Save a grouped bar chart of ``metric`` (mean with 95 % CI error bars) per setting and decider."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        aggs = self.aggregate()
+        settings, deciders = self.settings(), self.deciders()
+        width = 0.8 / max(len(deciders), 1)
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(settings) * max(len(deciders), 2) * 0.5), 4.0))
+        for k, decider in enumerate(deciders):
+            means, errs = [], []
+            for s in settings:
+                a = next((x for x in aggs if x["setting"] == s and x["decider"] == decider), None)
+                means.append(a[metric] if a else math.nan)
+                errs.append(a[f"{metric}_ci95"] if a else math.nan)
+            xs = np.arange(len(settings)) + (k - (len(deciders) - 1) / 2) * width
+            ax.bar(xs, means, width, yerr=np.nan_to_num(errs), capsize=2, label=decider)
+        label, unit = self.metrics.get(metric, (metric, ""))
+        ax.set_ylabel(f"{label} ({unit})" if unit else label)
+        ax.set_xticks(np.arange(len(settings)), settings, rotation=15, ha="right")
+        ax.legend(fontsize="small", ncols=min(len(deciders), 4))
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def evaluate(
+    scenario: Scenario | str,
+    deciders: Iterable[DeciderSpec | str],
+    seeds: Iterable[int],
+    *,
+    settings: dict[str, dict[str, Any]] | None = None,
+    reference: str | None = None,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Run every decider on ``scenario`` for every seed (and every named override set in ``settings``).
+
+    Returns an :class:`Evaluation`; ``reference`` names the decider reductions are computed against.
+    """
+    specs_d = [d if isinstance(d, DeciderSpec) else DeciderSpec.parse(d) for d in deciders]
+    settings = settings or {"": {}}
+    base = load_scenario(scenario)
+    for overrides in settings.values():  # fail fast on bad overrides, before any simulation
+        load_scenario(base, overrides or None)
+    specs = [
+        RunSpec(base, d, seed, overrides, setting or base.name)
+        for setting, overrides in settings.items()
+        for d in specs_d
+        for seed in seeds
+    ]
+    if workers <= 0:
+        workers = os.cpu_count() or 1
+    rows = run_grid(specs, workers=workers, backend=backend, address=address, progress=progress)
+    return Evaluation(rows, reference=reference)
+
+
+def _pm(mean: float, half: float, unit: str = "") -> str:
+    if mean is None or math.isnan(mean):
+        return "-"
+    digits = 3 if abs(mean) < 100 else 1
+    if half is None or math.isnan(half):
+        return f"{mean:.{digits}f}{unit}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}{unit}"
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
