@@ -1,0 +1,72 @@
+"""Run time of CG-BPRR (and of its CG-BP placement alone) versus the number of servers, L = 70.
+
+Scenarios: BLOOM-176B (70 blocks), 20 % A100 and 80 % MIG 1g.10gb slices, one client, raw RTTs drawn
+uniformly in 5..200 ms (seeded); |R| = 100 requests. Prints a rich table of median wall times over
+``--reps`` repetitions (the OfflineInstance is built once, outside the timing).
+
+    python benchmarks/cg_speed.py [--sizes 10 30 100 300 1000] [--reps 5] [--requests 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from petalgym.baselines.cg import cg_bp_placement, cg_bprr
+from petalgym.offline import OfflineInstance
+from petalgym.scenario import Scenario, scenario_from_dict
+
+
+def make_scenario(num_servers: int, seed: int = 0) -> Scenario:
+    """``num_servers`` servers (20 % A100, the rest MIG slices) and one client, RTT matrix 5..200 ms."""
+    rng = np.random.default_rng(seed)
+    n_a100 = max(1, num_servers // 5)
+    rtt = rng.uniform(5.0, 200.0, size=(1, num_servers)).round(3).tolist()
+    return scenario_from_dict(
+        {
+            "name": f"speed-{num_servers}",
+            "model": "bloom-176b",
+            "servers": [{"profile": "a100", "count": n_a100}]
+            + ([{"profile": "mig-1g", "count": num_servers - n_a100}] if num_servers > n_a100 else []),
+            "clients": [{"name": "client"}],
+            "network": {"kind": "matrix", "rtt_ms": rtt},
+            "workload": {"arrival_rate": 0.1, "num_requests": 100, "l_in": 20, "l_out": 128},
+        }
+    )
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=100)
+    args = ap.parse_args(argv)
+    table = Table(title=f"CG-BPRR run time, L = 70, |R| = {args.requests} (median of {args.reps})")
+    for col in ("servers", "CG-BP placement (s)", "CG-BPRR steps 1-3 (s)", "used servers", "per-token (s)"):
+        table.add_column(col, justify="right")
+    for n in args.sizes:
+        inst = OfflineInstance.from_scenario(make_scenario(n), args.requests)
+        t_place = _median_time(lambda inst=inst: cg_bp_placement(inst), args.reps)
+        t_full = _median_time(lambda inst=inst: cg_bprr(inst), args.reps)
+        sol = cg_bprr(inst)
+        used = len(sol.info["cg_bp"].used_servers)  # type: ignore[attr-defined]
+        table.add_row(str(n), f"{t_place:.4f}", f"{t_full:.4f}", str(used), f"{sol.mean_per_token(inst):.4f}")
+    Console(width=140).print(table)
+
+
+if __name__ == "__main__":
+    main()
