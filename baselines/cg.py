@@ -284,13 +284,8 @@ def theorem2_bound_for(instance: OfflineInstance, solution: OfflineSolution) -> 
 # Online design parameter |R|
 # --------------------------------------------------------------------------------------------------
 def workload_lengths(scenario: Scenario) -> tuple[int, int]:
-    """(l_in, l_out): the workload's mean lengths, rounded (of the trace, if the workload is a trace)."""
-    w = scenario.workload
-    if w.trace is not None:
-        l_in, l_out = float(np.mean(w.trace.l_in)), float(np.mean(w.trace.l_out))
-    else:
-        l_in, l_out = w.l_in.mean, w.l_out.mean
-    return max(int(math.floor(l_in + 0.5)), 1), max(int(math.floor(l_out + 0.5)), 1)
+    """(l_in, l_out): the workload's mean lengths, rounded half up (of the trace, if it is a trace)."""
+    return scenario.workload.mean_lengths()
 
 
 def _arrival_rate(scenario: Scenario) -> float:

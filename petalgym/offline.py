@@ -61,10 +61,10 @@ class OfflineInstance:
     ) -> OfflineInstance:
         """The instance for ``scenario``'s servers and clients with ``requests`` requests in total (split
         over clients by weight, largest remainders first) or per client. Lengths default to the
-        workload's means, rounded."""
-        w = scenario.workload
-        l_in = int(round(w.l_in.mean)) if l_in is None else int(l_in)
-        l_out = int(round(w.l_out.mean)) if l_out is None else int(l_out)
+        workload's means (:meth:`~petalgym.scenario.Workload.mean_lengths`)."""
+        mean_in, mean_out = scenario.workload.mean_lengths()
+        l_in = mean_in if l_in is None else int(l_in)
+        l_out = mean_out if l_out is None else int(l_out)
         n_c = scenario.num_clients
         if isinstance(requests, (int, np.integer)):
             weights = np.array([c.weight for c in scenario.clients], dtype=float)

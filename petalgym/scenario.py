@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib
 import math
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,14 @@ class Workload:
     max_wait_s: float | None
     trace: Trace | None = None
 
+    def mean_lengths(self) -> tuple[int, int]:
+        """(l_in, l_out): the mean lengths rounded half up (of the trace, if the workload is a trace)."""
+        if self.trace is not None:
+            l_in, l_out = float(np.mean(self.trace.l_in)), float(np.mean(self.trace.l_out))
+        else:
+            l_in, l_out = self.l_in.mean, self.l_out.mean
+        return max(math.floor(l_in + 0.5), 1), max(math.floor(l_out + 0.5), 1)
+
     @property
     def max_tokens(self) -> int:
         """The largest l_in + l_out a request of this workload can have."""
@@ -185,6 +193,7 @@ class Scenario:
     overheads: Overheads = field(default_factory=Overheads)
     petals: PetalsConstants = field(default_factory=PetalsConstants)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    base_dir: Path | None = field(default=None, repr=False)  # resolves relative trace/topology paths
 
     @property
     def num_servers(self) -> int:
@@ -201,7 +210,7 @@ class Scenario:
     def with_overrides(self, overrides: dict[str, Any]) -> Scenario:
         """A new scenario from this one's YAML with dotted-path ``overrides`` applied, re-validated."""
         data = apply_overrides(self.raw, overrides)
-        return scenario_from_dict(data, source=self.source)
+        return scenario_from_dict(data, source=self.source, base_dir=self.base_dir)
 
     def summary(self) -> str:
         """One line describing the scenario."""
@@ -224,16 +233,17 @@ class _Section:
     def __init__(self, data: Any, where: str, allowed: set[str] | None = None):
         if data is None:
             data = {}
+        label = where or "top level"
         if not isinstance(data, dict):
-            raise ScenarioError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+            raise ScenarioError(f"{label}: expected a mapping, got {type(data).__name__} {data!r}")
         bad_keys = [k for k in data if not isinstance(k, str)]
         if bad_keys:
-            raise ScenarioError(f"{where}: field names must be strings, got {bad_keys[0]!r}")
+            raise ScenarioError(f"{label}: field names must be strings, got {bad_keys[0]!r}")
         if allowed is not None:
             unknown = sorted(set(data) - allowed)
             if unknown:
                 raise ScenarioError(
-                    f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+                    f"{label}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
                 )
         self.data = data
         self.where = where
@@ -524,14 +534,17 @@ def _parse_network(
             arr = np.asarray(rtt, dtype=float)
         except (TypeError, ValueError):
             raise ScenarioError(
-                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers"
+                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers, got {rtt!r}"
             ) from None
         if arr.shape != (n_c, n_s):
             raise ScenarioError(
                 f"{sec.at('rtt_ms')}: expected shape {n_c} clients x {n_s} servers, got {arr.shape}"
             )
         if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1e7):
-            raise ScenarioError(f"{sec.at('rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms")
+            bad = arr[~(np.isfinite(arr) & (arr >= 0) & (arr <= 1e7))][0]
+            raise ScenarioError(
+                f"{sec.at('rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms, got {bad:g}"
+            )
         return Network("matrix", arr / 1e3), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
     if kind == "clusters":
         locs = [v for v in s_loc + c_loc]
@@ -545,7 +558,8 @@ def _parse_network(
                 mat = np.asarray(sec.raw("cluster_rtt_ms"), dtype=float)
             except (TypeError, ValueError):
                 raise ScenarioError(
-                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix of numbers"
+                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix of numbers, "
+                    f"got {sec.raw('cluster_rtt_ms')!r}"
                 ) from None
             if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
                 raise ScenarioError(
@@ -553,7 +567,10 @@ def _parse_network(
                     f"got shape {mat.shape}"
                 )
             if not np.all(np.isfinite(mat)) or np.any(mat < 0) or np.any(mat > 1e7):
-                raise ScenarioError(f"{sec.at('cluster_rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms")
+                bad = mat[~(np.isfinite(mat) & (mat >= 0) & (mat <= 1e7))][0]
+                raise ScenarioError(
+                    f"{sec.at('cluster_rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms, got {bad:g}"
+                )
         else:
             intra = sec.num("intra_rtt_ms", maximum=1e7)
             inter = sec.num("inter_rtt_ms", maximum=1e7)
@@ -788,6 +805,7 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
         overheads=_parse_overheads(top.data.get("overheads"), "overheads"),
         petals=_parse_petals(top.data.get("petals"), "petals"),
         raw=copy.deepcopy(data),
+        base_dir=base_dir,
     )
     check_feasible(scenario)
     return scenario
@@ -829,8 +847,10 @@ def check_feasible(scenario: Scenario) -> None:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def _scenario_dir():
-    return resources.files("petalgym.configs") / "scenarios"
+def _scenario_dir() -> Path:
+    """configs/scenarios, installed as the package data of ``petalgym.configs``."""
+    configs = importlib.import_module("petalgym.configs")
+    return Path(configs.__file__).parent / "scenarios"
 
 
 def list_scenarios() -> list[str]:
