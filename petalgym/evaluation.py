@@ -246,7 +246,7 @@ class Evaluation:
         path.write_text(json.dumps(_nan_to_none(payload), indent=1))
         return path
 
-    def plot(self, path: str | Path, metric: str = "per_token_s") -> Path:
+    def plot(self, path: str | Path, metric: str = "per_token_s", title: str = "") -> Path:
         """Save a grouped bar chart of ``metric`` (mean with 95 % CI error bars) per setting and decider."""
         import matplotlib
 
@@ -256,7 +256,7 @@ class Evaluation:
         aggs = self.aggregate()
         settings, deciders = self.settings(), self.deciders()
         width = 0.8 / max(len(deciders), 1)
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(settings) * max(len(deciders), 2) * 0.5), 4.0))
+        fig, ax = plt.subplots(figsize=(max(7.0, 2.0 + 0.35 * len(settings) * len(deciders)), 4.0))
         for k, decider in enumerate(deciders):
             means, errs = [], []
             for s in settings:
@@ -268,8 +268,10 @@ class Evaluation:
         label, unit = self.metrics.get(metric, (metric, ""))
         ax.set_ylabel(f"{label} ({unit})" if unit else label)
         ax.set_xticks(np.arange(len(settings)), settings, rotation=15, ha="right")
-        ax.legend(fontsize="small", ncols=min(len(deciders), 4))
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.grid(axis="y", alpha=0.3)
+        if title:
+            ax.set_title(title)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

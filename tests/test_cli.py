@@ -1,0 +1,78 @@
+"""The ``petalgym`` command: output, files and clear errors with exit status 2."""
+
+from __future__ import annotations
+
+import csv
+
+from petalgym.cli import main, parse_overrides
+
+
+def test_parse_overrides():
+    assert parse_overrides(["workload.arrival_rate=0.5", "clients.0.location=2"]) == {
+        "workload.arrival_rate": 0.5,
+        "clients.0.location": 2,
+    }
+
+
+def test_scenarios_lists_builtins(capsys):
+    assert main(["scenarios"]) == 0
+    out = capsys.readouterr().out
+    for name in ("clustered-9", "abovenet", "bellcanada-26", "gtsce", "bellcanada-26-churn"):
+        assert name in out
+
+
+def test_simulate_prints_summary_and_writes_csv(tmp_path, capsys):
+    path = tmp_path / "requests.csv"
+    code = main(
+        [
+            "simulate",
+            "--scenario",
+            "clustered-9",
+            "--seed",
+            "1",
+            "--decider",
+            "cg-bp-ws-rr",
+            "--set",
+            "workload.num_requests=12",
+            "--csv",
+            str(path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "per_token_s" in out and "completed" in out
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 12 and all(r["status"] == "completed" for r in rows)
+
+
+def test_errors_are_one_line_with_status_2(capsys):
+    assert main(["simulate", "--scenario", "no-such-scenario"]) == 2
+    err = capsys.readouterr().out
+    assert "error:" in err and "no-such-scenario" in err and "Traceback" not in err
+    assert main(["simulate", "--decider", "no-such-decider"]) == 2
+    assert "no-such-decider" in capsys.readouterr().out
+    assert main(["simulate", "--set", "workload.arrival_rate=-3"]) == 2
+    assert "workload.arrival_rate" in capsys.readouterr().out
+    assert main(["simulate", "--set", "nonsense"]) == 2
+
+
+def test_evaluate_writes_table_csv_json_png(tmp_path, capsys):
+    code = main(
+        [
+            "evaluate",
+            "--deciders",
+            "petals,cg-bp-ws-rr",
+            "--seeds",
+            "2",
+            "--no-progress",
+            "--set",
+            "workload.num_requests=15",
+            "--output",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "vs petals" in out and "cg-bp-ws-rr" in out
+    for name in ("evaluation.csv", "evaluation.json", "evaluation.png"):
+        assert (tmp_path / name).stat().st_size > 0
