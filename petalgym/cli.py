@@ -137,6 +137,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# reproduce
+# --------------------------------------------------------------------------------------------------
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import json
+
+    from petalgym import reproduce as rp
+
+    seeds = range(args.seed0, args.seed0 + args.seeds)
+    out = Path(args.output)
+    common = dict(
+        workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress
+    )
+    ev = rp.paper_grid(seeds, ablations=args.ablations, **common)
+    rows = rp.comparison_rows(ev)
+    Console(width=max(console.width, 170)).print(rp.comparison_table(rows, args.seeds))
+    out.mkdir(parents=True, exist_ok=True)
+    ev.to_csv(out / "paper_grid.csv")
+    (out / "paper_comparison.json").write_text(json.dumps(rows, indent=1, default=str))
+    ev.plot(out / "paper_grid.png", title="per-token time, paper grid")
+    written = [out / "paper_grid.csv", out / "paper_comparison.json", out / "paper_grid.png"]
+    if args.sweeps:
+        written += list(rp.run_sweeps(seeds, out, **common).values())
+    console.print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="the paper's experiments: our numbers beside the paper's")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seed0", type=int, default=0)
+    p.add_argument("--ablations", action="store_true", help="also run the three PETALS ablations")
+    p.add_argument("--sweeps", action="store_true", help="also sweep C, eta, lambda and l_out (plots)")
+    p.add_argument("--workers", type=int, default=1, help="processes for the local backend (0: all cores)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="Ray cluster address (backend ray)")
+    p.add_argument("--output", default="results/reproduce")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from petalgym.cli import main, parse_overrides
 
 
@@ -76,3 +78,16 @@ def test_evaluate_writes_table_csv_json_png(tmp_path, capsys):
     assert "vs petals" in out and "cg-bp-ws-rr" in out
     for name in ("evaluation.csv", "evaluation.json", "evaluation.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_reproduce_small_grid_beside_the_paper():
+    from petalgym import reproduce as rp
+
+    setting = rp.SETTINGS[0]
+    ev = rp.paper_grid([0], settings=[setting], rates=[0.1], lengths=[128], progress=False)
+    (row,) = rp.comparison_rows(ev, [setting])
+    assert row["paper_petals_s"] == 4.76 and row["paper_proposed_s"] == 1.43
+    assert 0 < row["proposed_s"] < row["petals_s"]
+    assert row["reduction"] == pytest.approx(1 - row["proposed_s"] / row["petals_s"])
+    assert row["petals_with_delay_s"] == pytest.approx(row["petals_s"] + 250 / 128)
+    assert rp.comparison_table([row], 1).row_count == 1
