@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from petalgym.errors import PetalgymError
@@ -137,6 +138,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# solve
+# --------------------------------------------------------------------------------------------------
+def cmd_solve(args: argparse.Namespace) -> int:
+    from petalgym.baselines.offline_solve import solve_offline
+    from petalgym.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    instance, sol = solve_offline(
+        scenario, args.requests, args.method, solver=args.solver, time_limit_s=args.time_limit, seed=args.seed
+    )
+    head = Table(
+        title=f"{scenario.name}: offline BPRR with {instance.num_requests} request(s), method {sol.method}"
+    )
+    head.add_column("quantity")
+    head.add_column("value", justify="right")
+    head.add_row("status", sol.status)
+    head.add_row("objective: sum_r l_out x per-token time (s)", f"{sol.objective:.6g}")
+    head.add_row("average per-token time (s)", f"{sol.mean_per_token(instance):.6g}")
+    head.add_row("lower bound (s)", "-" if sol.bound is None else f"{sol.bound:.6g}")
+    head.add_row("gap", "-" if sol.gap is None else f"{100 * sol.gap:.4g} %")
+    head.add_row("solve time (s)", f"{sol.solve_time_s:.3g}")
+    for key in ("theorem2_bound", "over_budget"):
+        if key in sol.info:
+            head.add_row(
+                key, f"{sol.info[key]:.6g}" if isinstance(sol.info[key], float) else str(sol.info[key])
+            )
+    console.print(head)
+    place = Table(title="placement")
+    for col in ("server", "profile", "blocks", "count"):
+        place.add_column(col)
+    for j, p in enumerate(sol.placement):
+        place.add_row(
+            scenario.servers[j].name,
+            scenario.servers[j].profile.name,
+            f"[{p.start}, {p.start + p.num_blocks})",
+            str(p.num_blocks),
+        )
+    console.print(place)
+    routes = Table(title="routes")
+    for col in ("client", "chain: server \\[first block:end]", "requests"):
+        routes.add_column(col)
+    for c, items in sol.routes.items():
+        for chain, count in items:
+            hops = " > ".join(escape(f"{h[0]}[{h[1]}:{h[2]}]") for h in chain)
+            routes.add_row(scenario.clients[c].name, hops, str(count))
+    console.print(routes)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # reproduce
 # --------------------------------------------------------------------------------------------------
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -207,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("solve", help="solve the offline problem (place blocks + route R requests)")
+    p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
+    p.add_argument("--requests", type=int, default=3, help="number of requests |R|")
+    p.add_argument("--method", choices=("cg-bprr", "milp", "petals"), default="cg-bprr")
+    p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MILP solver")
+    p.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit (s)")
+    p.add_argument("--seed", type=int, default=0, help="join order for --method petals")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("reproduce", help="the paper's experiments: our numbers beside the paper's")
     p.add_argument("--seeds", type=int, default=5)

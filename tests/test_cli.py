@@ -91,3 +91,24 @@ def test_reproduce_small_grid_beside_the_paper():
     assert row["reduction"] == pytest.approx(1 - row["proposed_s"] / row["petals_s"])
     assert row["petals_with_delay_s"] == pytest.approx(row["petals_s"] + 250 / 128)
     assert rp.comparison_table([row], 1).row_count == 1
+
+
+def test_solve_offline_methods(capsys):
+    from petalgym.baselines.cg import cg_bprr
+    from petalgym.offline import OfflineInstance
+    from petalgym.scenario import load_scenario
+
+    instance = OfflineInstance.from_scenario(load_scenario("clustered-9"), 3)
+    expected = cg_bprr(instance).mean_per_token(instance)
+    assert main(["solve", "--method", "cg-bprr", "--requests", "3"]) == 0
+    assert f"{expected:.6g}" in capsys.readouterr().out
+    assert main(["solve", "--method", "petals", "--requests", "3", "--seed", "1"]) == 0
+    assert "heuristic" in capsys.readouterr().out
+
+
+def test_solve_bad_input_exits_2(capsys):
+    assert main(["solve", "--requests", "0"]) == 2
+    assert "at least one request" in capsys.readouterr().out
+    # CG-BPRR cannot reserve cache for 10,000 concurrent sessions on clustered-9
+    assert main(["solve", "--requests", "10000"]) == 2
+    assert "error:" in capsys.readouterr().out
