@@ -60,22 +60,23 @@ class Distribution:
     def sample(self, rng: np.random.Generator, size: int | None = None) -> Any:
         """Draw ``size`` samples (a scalar when ``size`` is None) from ``rng``."""
         p = self.params
+        n = 1 if size is None else size  # (``size or 1`` would turn size=0 into one sample)
         if self.kind == "constant":
-            out = np.full(size if size is not None else 1, p["value"], dtype=float)
+            out = np.full(n, p["value"], dtype=float)
         elif self.kind == "uniform":
             if self.integer:
-                out = rng.integers(int(p["low"]), int(p["high"]) + 1, size=size or 1).astype(float)
+                out = rng.integers(int(p["low"]), int(p["high"]) + 1, size=n).astype(float)
             else:
-                out = rng.uniform(p["low"], p["high"], size=size or 1)
+                out = rng.uniform(p["low"], p["high"], size=n)
         elif self.kind == "exponential":
-            out = rng.exponential(p["mean"], size=size or 1)
+            out = rng.exponential(p["mean"], size=n)
         elif self.kind == "lognormal":
             sigma = p["sigma"]
             mu = math.log(p["mean"]) - sigma * sigma / 2.0
-            out = rng.lognormal(mu, sigma, size=size or 1)
+            out = rng.lognormal(mu, sigma, size=n)
             out = np.clip(out, p.get("min") or 0.0, p.get("max") or np.inf)
         else:
-            out = rng.choice(np.asarray(p["values"], dtype=float), size=size or 1, p=p["probs"])
+            out = rng.choice(np.asarray(p["values"], dtype=float), size=n, p=p["probs"])
         if self.integer:
             out = np.maximum(np.rint(out), 1).astype(np.int64)
         if size is None:

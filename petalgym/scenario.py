@@ -329,9 +329,9 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             else:
                 if not isinstance(node, dict):
                     raise ScenarioError(f"override {path!r}: {k!r} is not inside a mapping")
-                node = node.setdefault(k, {})
-                if node is None:
-                    node = {}
+                if node.get(k) is None:  # missing, or an empty YAML section (null)
+                    node[k] = {}
+                node = node[k]
         last = keys[-1]
         if isinstance(node, list):
             try:
@@ -839,8 +839,9 @@ def check_feasible(scenario: Scenario) -> None:
         total += k
     if total < m.num_blocks:
         raise InfeasibleScenarioError(
-            f"infeasible: the {scenario.num_servers} servers can host at most {total} blocks in total "
-            f"(keeping cache for one session), but the model has {m.num_blocks} blocks"
+            f"servers: infeasible: the {scenario.num_servers} servers can host at most {total} blocks in "
+            f"total (keeping cache for one session), but the model has {m.num_blocks} blocks "
+            "(model.num_blocks)"
         )
 
 

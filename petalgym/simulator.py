@@ -16,7 +16,9 @@ Mechanics (see the README's "Simulator" section):
 * with churn, each server alternates lifetime / downtime; a failure interrupts its sessions at once, a
   departure stops new sessions and interrupts what is left after ``drain_timeout_s``; interrupted sessions
   keep their upstream hops, are re-routed from the lost hop's first block, and replay a prefill over the
-  l_in + generated tokens on the new hops; a request with no chain for ``no_chain_timeout_s`` fails;
+  l_in + generated tokens on the new hops (the interrupted token is redone: its step on the kept hops,
+  then the replay); the back-off of a new wait starts again at 1 s; a request with no chain for
+  ``no_chain_timeout_s`` fails;
 * a rejoining (or rebalancing) server reloads its blocks at ``load_s_per_gb``.
 
 Every random stream derives from the seed (``numpy.random.SeedSequence``): the workload, the initial join
@@ -530,8 +532,11 @@ class Simulator:
         chain = req.kept + hops if req.kept else hops
         d = tm.token_time(chain, req.client)
         if recovery:
+            # The interrupted token is redone: its step through the kept upstream hops, then the replay over
+            # the l_in + generated tokens on the new hops, whose last position IS that token's step (as in
+            # PETALS' InferenceSession.step). Adding a whole token time d would count the new hops twice.
             replay = tm.prefill_time(hops, req.client, req.history_tokens)
-            first = replay + d
+            first = (tm.token_time(req.kept, req.client) if req.kept else 0.0) + replay
         else:
             first = tm.initial_delay + tm.prefill_time(chain, req.client, req.l_in)
         duration = first + (req.l_out - req.tokens_done - 1) * d
@@ -598,6 +603,7 @@ class Simulator:
             req.start = t
             req.first_chain = chain
         req.wait_s += t - req.wait_since
+        req.retries = 0  # this wait is over: a later one (a recovery) backs off from 1 s again, like PETALS
         req.chain = chain
         req.new_hops = hops
         req.kept = ()

@@ -118,6 +118,7 @@ class Request:
         "history_tokens",
         "id",
         "kept",
+        "kept_versions",
         "kv_bytes",
         "l_in",
         "l_out",
@@ -160,6 +161,7 @@ class Request:
         self.route_from = 0
         self.history_tokens = l_in
         self.kept: Chain = ()
+        self.kept_versions: tuple[int, ...] = ()  # server versions when ``kept`` was cut (cache still there)
         self.new_hops: Chain = ()
         self.tokens_done = 0
         self.seg_start = math.nan

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import networkx as nx
@@ -92,7 +91,7 @@ def load_topology(name_or_path: str) -> Topology:
     """Load a built-in topology by name (``abovenet``, ``bellcanada``, ``gtsce``) or a ``.graph`` path."""
     key = name_or_path.lower()
     if key in BUILTIN_TOPOLOGIES:
-        ref = resources.files("petalgym") / "data" / "topologies" / BUILTIN_TOPOLOGIES[key]
+        ref = Path(__file__).parent / "data" / "topologies" / BUILTIN_TOPOLOGIES[key]
         return parse_graph(ref.read_text(), key)
     path = Path(name_or_path)
     if not path.is_file():
