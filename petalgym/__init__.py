@@ -7,10 +7,13 @@ A faithful discrete-event simulator of the published performance model, Gymnasiu
 from __future__ import annotations
 
 from petalgym.deciders import Decider, Route, decider_names, make_decider, register_decider
+from petalgym.envs import register_envs as _register_envs
 from petalgym.errors import DeciderError, InfeasibleScenarioError, PetalgymError, ScenarioError, SolverError
 from petalgym.perfmodel import Chain, Hop, Placement, TimeModel
 from petalgym.scenario import Scenario, list_scenarios, load_scenario
 from petalgym.simulator import Decision, DecisionKind, SimulationResult, Simulator, simulate
+
+_register_envs()  # PetalAlloc-v0, PetalPlacement-v0, PetalRouting-v0 (gym.make after import petalgym)
 
 __version__ = "0.1.0"
 

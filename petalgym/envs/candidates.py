@@ -1,0 +1,361 @@
+"""Candidate answers offered to an agent: placement levels (PLACE) and candidate chains (ROUTE).
+
+PLACE: the agent picks a window start and a *level*, a rule giving the block count and the cache budget
+of the joining server (:func:`fixed_levels`, plus the built-in decider's own answer as a last level so
+that whatever the built-in decider places is always expressible).
+
+ROUTE: the agent picks one of ``K`` candidate chains (:class:`ChainGenerator`): the built-in decider's
+chain first, then the next-best chains under WS-RR's costs (waiting time + hop time, the paper's online
+rule, see :func:`k_best_chains`), then the PETALS min-latency chain, de-duplicated.
+
+Chains are tuples of :class:`~petalgym.perfmodel.Hop` from the request's ``route_from`` block to L (the
+request's kept upstream hops, if recovering, are not part of a candidate). Times in seconds, sizes in
+bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+
+from petalgym.baselines.petals import min_latency_chain
+from petalgym.perfmodel import (
+    Chain,
+    Hop,
+    Placement,
+    conservative_num_blocks,
+    petals_cache_bytes_per_block,
+    petals_num_blocks,
+)
+from petalgym.scenario import Scenario
+from petalgym.swarm import Request, ServerStatus, SwarmView
+
+_ONLINE = ServerStatus.ONLINE
+_INF = math.inf
+_first = itemgetter(0)
+
+#: Default |R| multipliers of the extra CG-BP levels (more blocks / less cache below 1, fewer above).
+DEFAULT_LEVEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 2.0, 4.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Placement levels
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Level:
+    """A block-count / cache-budget rule for one server: ``num_blocks`` blocks and ``cache_bytes`` bytes of
+    attention cache (resolved: never None). ``valid`` is False when the rule gives no block, does not fit
+    the server, or duplicates an earlier level (then it is masked)."""
+
+    name: str
+    num_blocks: int
+    cache_bytes: int
+    valid: bool
+
+    def placement(self, start: int) -> Placement:
+        return Placement(start, self.num_blocks, self.cache_bytes)
+
+
+def level_names(multipliers: Sequence[float]) -> list[str]:
+    """Names of the levels, in action order: ``cg-bp``, ``petals``, ``cg-bp-x<f>`` ..., ``builtin``."""
+    return ["cg-bp", "petals", *(f"cg-bp-x{f:g}" for f in multipliers), "builtin"]
+
+
+def _fits(scenario: Scenario, server: int, m: int, cache: int) -> bool:
+    spec = scenario.servers[server]
+    cap = spec.profile.max_blocks
+    left = spec.profile.memory_bytes - m * scenario.model.block_bytes
+    return m >= 1 and m <= scenario.num_blocks and (cap is None or m <= cap) and 0 <= cache <= left
+
+
+def fixed_levels(
+    scenario: Scenario, server: int, design_sessions: int, session_bytes: int, multipliers: Sequence[float]
+) -> list[Level]:
+    """The fixed levels of ``server`` (all but the last, ``builtin``), in action order.
+
+    * ``cg-bp``: CG-BP's conservative count m = min(floor(M / (s_m + s_c |R|)), L, GPU cap) at the design
+      |R| = ``design_sessions`` with ``session_bytes`` = s_c; all memory left after the blocks is cache;
+    * ``petals``: PETALS' count with its fixed cache budget m x cache_per_block (``attn_cache_tokens``);
+    * ``cg-bp-x<f>``: CG-BP's count at |R| = max(1, round(f |R|)), all memory left as cache.
+    """
+    spec = scenario.servers[server]
+    model = scenario.model
+    memory = spec.profile.memory_bytes
+    L = scenario.num_blocks
+    out: list[Level] = []
+
+    def add(name: str, m: int, cache: int | None) -> None:
+        cache = memory - m * model.block_bytes if cache is None else cache
+        valid = _fits(scenario, server, m, cache) and all(
+            (lv.num_blocks, lv.cache_bytes) != (m, cache) for lv in out if lv.valid
+        )
+        out.append(Level(name, int(m), int(cache), valid))
+
+    def cg(sessions: int) -> int:
+        return conservative_num_blocks(
+            memory, model.block_bytes, session_bytes, sessions, L, spec.profile.max_blocks
+        )
+
+    add("cg-bp", cg(design_sessions), None)
+    pc = scenario.petals
+    m_petals = petals_num_blocks(model, spec.profile, pc.attn_cache_tokens, pc.autograd_gib)
+    add("petals", m_petals, m_petals * petals_cache_bytes_per_block(model, pc.attn_cache_tokens))
+    for f in multipliers:
+        add(f"cg-bp-x{f:g}", cg(max(1, round(f * design_sessions))), None)
+    return out
+
+
+def builtin_level(scenario: Scenario, server: int, answer: Placement, fixed: Sequence[Level]) -> Level:
+    """The ``builtin`` level: the built-in decider's (num_blocks, cache budget); valid only if it differs
+    from every valid fixed level (else that fixed level expresses it)."""
+    m = int(answer[1])
+    cache = answer[2] if len(answer) > 2 else None
+    if cache is None:
+        cache = scenario.servers[server].profile.memory_bytes - m * scenario.model.block_bytes
+    cache = int(cache)
+    valid = _fits(scenario, server, m, cache) and all(
+        (lv.num_blocks, lv.cache_bytes) != (m, cache) for lv in fixed if lv.valid
+    )
+    return Level("builtin", m, cache, valid)
+
+
+# --------------------------------------------------------------------------------------------------
+# k best chains
+# --------------------------------------------------------------------------------------------------
+def k_best_chains(
+    spans: Sequence[tuple[int, int, int]],
+    fixed: Sequence[float],
+    per_block: Sequence[float],
+    num_blocks: int,
+    start: int,
+    k: int,
+    wait: Callable[[int, int], float] | None = None,
+) -> list[tuple[float, Chain]]:
+    """The ``k`` cheapest chains from block ``start`` to L, cheapest first: [(cost, chain)].
+
+    Same costs as :func:`~petalgym.perfmodel.shortest_chain`: a hop entering server j at position b costs
+    ``fixed[j] + per_block[j] * (end_j - b)`` plus ``wait(j, end_j - b)`` if given (inf forbids it).
+
+    Exact k-shortest paths by dynamic programming over the DAG of block positions (a hop always moves
+    forward, so every path is simple and a server can appear at most once): each reachable position keeps
+    its k best labels (cost, server, previous position, previous label). O(E k log k) for E = feasible
+    (server, entry) pairs -- far cheaper than Yen's algorithm (``networkx.shortest_simple_paths`` re-runs
+    a shortest path per deviation, ~100x slower here), which matters for the env's speed target.
+    """
+    labels: dict[int, list[tuple[float, int, int, int]]] = {start: [(0.0, -1, -1, -1)]}
+    for j, a, e in sorted(spans, key=lambda s: s[2]):
+        if e <= start:
+            continue
+        f, w = fixed[j], per_block[j]
+        new: list[tuple[float, int, int, int]] = []
+        for b, labs in labels.items():
+            if a <= b < e:
+                c = f + w * (e - b)
+                if wait is not None:
+                    x = wait(j, e - b)
+                    if x == _INF:
+                        continue
+                    c += x
+                for r, lab in enumerate(labs):
+                    new.append((lab[0] + c, j, b, r))
+        if new:
+            cur = labels.get(e)
+            if cur:
+                new = cur + new
+            new.sort(key=_first)
+            labels[e] = new[:k]
+    out = []
+    for lab in labels.get(num_blocks, ()):
+        hops = []
+        pos, node = num_blocks, lab
+        while node[1] >= 0:
+            _, j, b, r = node
+            hops.append(Hop(j, b, pos))
+            pos, node = b, labels[b][r]
+        out.append((lab[0], tuple(reversed(hops))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidate chains of one ROUTE decision
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RouteCandidates:
+    """The candidate chains of one ROUTE decision: ``chains[i]`` (hops from ``route_from`` to L) with its
+    ``sources[i]`` (``"builtin"``, ``"ws-rr"`` or ``"petals"``); ``wait`` is the built-in decider's waiting
+    mode, used for every candidate (True: reserve the earliest start; False: back off and retry).
+    ``petals_index`` is the index of the PETALS chain among them (-1 if it has none)."""
+
+    chains: list[Chain]
+    sources: list[str]
+    wait: bool
+    petals_index: int = -1
+
+
+def effective_lengths(request: Request) -> tuple[int, int]:
+    """(l_in, l_out) that WS-RR costs a route with: the request's own, or for a recovery the replayed
+    history and the remaining tokens (as :class:`~petalgym.baselines.cg.CGBPWSRRDecider` does)."""
+    if request.tokens_done > 0 or request.route_from > 0:
+        return request.history_tokens, request.l_out - request.tokens_done + 1
+    return request.l_in, request.l_out
+
+
+class ChainGenerator:
+    """Builds the K candidate chains of ROUTE decisions on one scenario.
+
+    Alternatives and the PETALS chain are cached per placement (the ONLINE spans, so the caches also
+    serve later episodes that reach the same placement): the WS-RR alternatives per (client, lengths,
+    route_from, s_c) while no hop of any ONLINE server would wait (then every wait is 0, so the chains
+    depend on the placement only), the PETALS chain per (client, route_from, which servers lack cache).
+    Both caches are exact.
+    """
+
+    #: Entries kept per cache before it is emptied (bounds memory over long runs).
+    MAX_CACHED = 20_000
+
+    def __init__(self, scenario: Scenario, num_candidates: int):
+        self.scenario = scenario
+        self.k = int(num_candidates)
+        self.num_blocks = scenario.num_blocks
+        pc = scenario.petals
+        self._petals_args = (pc.hop_overhead_s, pc.lacking_cache_penalty_s)
+        self._rps = [s.profile.inference_rps for s in scenario.servers]
+        self._rtt = [row.tolist() for row in scenario.network.rtt_s]  # (C, S) raw RTT, seconds
+        self._version = -1
+        self._placement_ids: dict[tuple, int] = {}
+        self._placement = -1  # id of the current placement (its ONLINE spans)
+        self._alt_cache: dict[tuple, list[Chain]] = {}
+        self._petals_cache: dict[tuple, Chain] = {}
+
+    def reset(self) -> None:
+        """A new episode (a new simulator, whose placement versions restart): re-read the placement."""
+        self._version = -1
+
+    def _sync(self, view: SwarmView) -> None:
+        if self._version == view.placement_version:
+            return
+        self._version = view.placement_version
+        if len(self._placement_ids) > self.MAX_CACHED or len(self._alt_cache) + len(self._petals_cache) > (
+            self.MAX_CACHED
+        ):
+            self._placement_ids.clear()
+            self._alt_cache.clear()
+            self._petals_cache.clear()
+        self._placement = self._placement_ids.setdefault(tuple(view.spans()), len(self._placement_ids))
+
+    # building blocks ------------------------------------------------------------------------------
+    @staticmethod
+    def lacking(view: SwarmView, kv_bytes: int, free: list[int]) -> tuple[bool, ...]:
+        """Per ONLINE server (in ``view.spans()`` order): whether its free cache now (``free``, ignoring
+        reservations) is short of a hop over its whole span with ``kv_bytes`` per block (PETALS' "lacks
+        cache")."""
+        return tuple([free[j] < (e - a) * kv_bytes for j, a, e in view.spans()])
+
+    @staticmethod
+    def no_hop_waits(view: SwarmView, lacking: tuple[bool, ...]) -> bool:
+        """True if no ONLINE server lacks cache for a whole-span hop and none holds a reservation: then
+        every WS-RR waiting time (:meth:`~petalgym.swarm.SwarmView.wait_for`) is 0."""
+        if True in lacking:
+            return False
+        for s in view.servers:  # noqa: SIM110 (hot path: a plain loop beats all() over a generator)
+            if s.reservations:
+                return False
+        return True
+
+    def ws_rr_chains(self, view: SwarmView, request: Request, k: int, no_waits: bool) -> list[Chain]:
+        """The ``k`` best chains under WS-RR's cost (wait + hop time of the whole request) on every ONLINE
+        server, cheapest first."""
+        l_in, l_out = effective_lengths(request)
+        kv = request.kv_bytes
+        key = (self._placement, request.client, l_in, l_out, request.route_from, kv, k)
+        if no_waits:
+            hit = self._alt_cache.get(key)
+            if hit is not None:
+                return hit
+        fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+        wait = None
+        if not no_waits:
+            wait_for = view.wait_for
+
+            def wait(j: int, blocks: int) -> float:
+                return wait_for(j, blocks * kv)
+
+        found = k_best_chains(view.spans(), fixed, per_block, self.num_blocks, request.route_from, k, wait)
+        chains = [c for _, c in found]
+        if no_waits:
+            self._alt_cache[key] = chains
+        return chains
+
+    def petals_chain(self, view: SwarmView, request: Request, lacking: tuple[bool, ...]) -> Chain:
+        """PETALS' min-latency chain (:func:`petalgym.baselines.petals.min_latency_chain`), () if none."""
+        key = (self._placement, request.client, request.route_from, lacking)
+        chain = self._petals_cache.get(key)
+        if chain is None:
+            lacks_all = [True] * view.num_servers
+            for (j, _, _), lack in zip(view.spans(), lacking, strict=True):
+                lacks_all[j] = lack
+            _, chain = min_latency_chain(
+                view.spans(),
+                self.num_blocks,
+                self._rtt[request.client],
+                self._rps,
+                lacks_all,
+                start=request.route_from,
+                overhead_s=self._petals_args[0],
+                penalty_s=self._petals_args[1],
+            )
+            self._petals_cache[key] = chain
+        return chain
+
+    # the candidates -------------------------------------------------------------------------------
+    def candidates(
+        self, view: SwarmView, request: Request, builtin: Chain, wait: bool, free: list[int] | None = None
+    ) -> RouteCandidates:
+        """Up to K distinct chains: ``builtin`` first, then WS-RR alternatives, then the PETALS chain (it
+        takes the last slot unless already present; with K = 1 only the built-in chain). ``free``: free
+        cache bytes per server now (computed if not given)."""
+        self._sync(view)
+        k = self.k
+        chains = [builtin]
+        sources = ["builtin"]
+        if k == 1:
+            return RouteCandidates(chains, sources, wait, -1)
+        if free is None:
+            free = [s.cache_capacity - s.used_bytes for s in view.servers]
+        lacking = self.lacking(view, request.kv_bytes, free)
+        petals = self.petals_chain(view, request, lacking)
+        no_waits = self.no_hop_waits(view, lacking)
+        # k alternatives suffice: at most one duplicates the built-in chain and one the PETALS chain
+        for chain in self.ws_rr_chains(view, request, k, no_waits):
+            if len(chains) >= k - 1:
+                break
+            if chain not in chains and chain != petals:
+                chains.append(chain)
+                sources.append("ws-rr")
+        if petals and petals not in chains:
+            chains.append(petals)
+            sources.append("petals")
+        elif len(chains) < k:
+            for chain in self.ws_rr_chains(view, request, k, no_waits):
+                if len(chains) >= k:
+                    break
+                if chain not in chains:
+                    chains.append(chain)
+                    sources.append("ws-rr")
+        petals_index = chains.index(petals) if petals in chains else -1
+        return RouteCandidates(chains, sources, wait, petals_index)
+
+
+__all__ = [
+    "DEFAULT_LEVEL_MULTIPLIERS",
+    "ChainGenerator",
+    "Level",
+    "RouteCandidates",
+    "builtin_level",
+    "effective_lengths",
+    "fixed_levels",
+    "k_best_chains",
+    "level_names",
+]

@@ -1,0 +1,348 @@
+"""Decisions <-> discrete actions: the action layout, masks, candidates and observations of one decision.
+
+:class:`DecisionCodec` is shared by the Gymnasium env (:mod:`petalgym.envs.petal_alloc`) and by
+:class:`~petalgym.envs.adapter.PolicyDecider` (a policy run inside :func:`petalgym.simulator.simulate`), so
+both offer the same actions, masks and observations for the same swarm state.
+
+Action layout (one ``Discrete(n)`` space):
+
+* PLACE part, ``num_levels * L`` actions (controls ``joint`` and ``placement``): action ``level * L +
+  start`` places the joining server's blocks ``[start, start + m_level)`` with the level's cache budget.
+  Masked: starts whose window would run past L, levels that do not fit the server (or duplicate an
+  earlier level);
+* ROUTE part, ``K`` actions (controls ``joint`` and ``routing``), after the PLACE part: action
+  ``offset + i`` takes candidate chain i (0 = the built-in decider's). Masked: padding when fewer than K
+  distinct chains exist.
+
+In ``joint`` control the mask enables only the part of the pending decision's kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from petalgym.deciders import Decider, Route
+from petalgym.envs.candidates import (
+    DEFAULT_LEVEL_MULTIPLIERS,
+    ChainGenerator,
+    Level,
+    RouteCandidates,
+    builtin_level,
+    fixed_levels,
+    level_names,
+)
+from petalgym.envs.features import ObservationBuilder
+from petalgym.errors import DeciderError, PetalgymError, SolverError
+from petalgym.perfmodel import Chain, Hop
+from petalgym.scenario import Scenario
+from petalgym.simulator import Decision, DecisionKind
+from petalgym.swarm import SwarmView
+
+#: Control modes: which decision kinds the agent takes (the built-in decider takes the others).
+CONTROLS: dict[str, frozenset[DecisionKind]] = {
+    "joint": frozenset({DecisionKind.PLACE, DecisionKind.ROUTE}),
+    "placement": frozenset({DecisionKind.PLACE}),
+    "routing": frozenset({DecisionKind.ROUTE}),
+}
+
+
+class EnvConfigError(PetalgymError, ValueError):
+    """An environment (or PolicyDecider) argument is invalid; the message names it and the bad value."""
+
+
+class InvalidActionError(PetalgymError, ValueError):
+    """An action is out of range or masked out for the pending decision."""
+
+
+@dataclass
+class Pending:
+    """One decision offered to the agent.
+
+    ``answer``: the built-in decider's raw answer; ``mask``: int8 (n_actions,); ``default_action``: the
+    action expressing ``answer``. PLACE: ``levels`` of the joining server (the last is ``builtin``) and
+    ``builtin_level`` (the level of ``answer``). ROUTE: ``candidates``.
+    """
+
+    decision: Decision
+    answer: Any
+    mask: np.ndarray
+    default_action: int
+    levels: list[Level] | None = None
+    builtin_level: int = -1
+    candidates: RouteCandidates | None = None
+    free: list[int] | None = None  # free cache bytes per server when the decision was prepared
+
+
+def normalise_chain(answer: Any) -> tuple[Chain, bool | None]:
+    """(chain as a tuple of Hops, wait flag or None if not given) of a route answer (Route or hops)."""
+    wait = None
+    chain = answer
+    if hasattr(answer, "chain") and hasattr(answer, "wait"):
+        chain, wait = answer.chain, bool(answer.wait)
+    if type(chain) is tuple and all(type(h) is Hop for h in chain):
+        return chain, wait  # already normalised (the common case)
+    return tuple(Hop(int(h[0]), int(h[1]), int(h[2])) for h in chain), wait
+
+
+def design_sessions_for(scenario: Scenario) -> int:
+    """CG-BP's design |R| (:func:`petalgym.baselines.cg.design_num_sessions`), 1 if CG-BP cannot run."""
+    from petalgym.baselines.cg import design_num_sessions
+
+    try:
+        return design_num_sessions(scenario)
+    except SolverError:
+        return 1
+
+
+class DecisionCodec:
+    """Action layout, masks, candidates and observations of the decisions of one scenario.
+
+    Args:
+        scenario: the world.
+        control: ``"joint"``, ``"placement"`` or ``"routing"``.
+        builtin: the built-in decider (answers every decision; its answer is the default action).
+        num_candidates: K candidate chains per ROUTE decision.
+        max_servers: rows of the per-server observation (>= the scenario's servers).
+        level_multipliers: |R| multipliers of the extra CG-BP levels.
+        design_sessions: CG-BP's design |R| (default: the paper's design rule for the scenario).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        control: str,
+        builtin: Decider,
+        num_candidates: int = 4,
+        max_servers: int | None = None,
+        level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
+        design_sessions: int | None = None,
+    ):
+        if control not in CONTROLS:
+            raise EnvConfigError(f"unknown control mode {control!r} (known: {', '.join(CONTROLS)})")
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)):
+            raise EnvConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+        if num_candidates < 1:
+            raise EnvConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+        S = scenario.num_servers
+        if max_servers is None:
+            max_servers = S
+        if isinstance(max_servers, bool) or not isinstance(max_servers, (int, np.integer)) or max_servers < S:
+            raise EnvConfigError(
+                f"max_servers must be an integer >= the scenario's {S} servers (or None), got {max_servers!r}"
+            )
+        mults = tuple(level_multipliers)
+        for f in mults:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1e6:
+                raise EnvConfigError(f"level_multipliers must be positive numbers, got {level_multipliers!r}")
+        self.scenario = scenario
+        self.control = control
+        self.controlled = CONTROLS[control]
+        self.builtin = builtin
+        self.num_candidates = int(num_candidates)
+        self.max_servers = int(max_servers)
+        self.num_blocks = L = scenario.num_blocks
+        from petalgym.baselines.cg import workload_lengths
+
+        self.design_sessions = (
+            design_sessions_for(scenario) if design_sessions is None else int(design_sessions)
+        )
+        self.place_session_bytes = scenario.model.session_bytes(*workload_lengths(scenario))
+        self.level_names = level_names(mults)
+        self.num_levels = len(self.level_names)
+        self._fixed = [
+            fixed_levels(scenario, j, self.design_sessions, self.place_session_bytes, mults) for j in range(S)
+        ]
+        self.n_place = self.num_levels * L if DecisionKind.PLACE in self.controlled else 0
+        self.n_route = self.num_candidates if DecisionKind.ROUTE in self.controlled else 0
+        self.route_offset = self.n_place
+        self.n_actions = self.n_place + self.n_route
+        self.chains = ChainGenerator(scenario, self.num_candidates)
+        self.features = ObservationBuilder(
+            scenario,
+            control,
+            self.max_servers,
+            self.num_candidates,
+            self.num_levels,
+            self.design_sessions,
+            self.place_session_bytes,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def controls(self, kind: DecisionKind) -> bool:
+        """Whether the agent takes decisions of this kind."""
+        return kind in self.controlled
+
+    def reset(self) -> None:
+        """A new episode (a new simulator): drop cached candidates and placement features."""
+        self.chains.reset()
+        self.features.reset()
+
+    def ask_builtin(self, view: SwarmView, decision: Decision) -> Any:
+        """The built-in decider's answer to ``decision`` (exactly what Simulator.run would ask)."""
+        if decision.kind == DecisionKind.ROUTE:
+            return self.builtin.route(view, decision.request)
+        if decision.kind == DecisionKind.PLACE:
+            return self.builtin.place(view, decision.server)
+        return self.builtin.rebalance(view, decision.server)
+
+    def prepare(self, view: SwarmView, decision: Decision, answer: Any) -> Pending | None:
+        """The :class:`Pending` decision offered to the agent, given the built-in ``answer``; None if there
+        is nothing to choose (a ROUTE the built-in decider answers with None: no chain exists)."""
+        if decision.kind == DecisionKind.PLACE:
+            return self._prepare_place(view, decision, answer)
+        if answer is None:
+            return None
+        try:
+            chain, wait = normalise_chain(answer)
+        except (TypeError, ValueError, IndexError):
+            raise DeciderError(
+                f"{self.builtin.name}: route for request {decision.request.id} at t={view.now:.3f}s: "
+                f"expected a Route or a sequence of (server, start, end) hops, got {answer!r}"
+            ) from None
+        free = [s.cache_capacity - s.used_bytes for s in view.servers]
+        cands = self.chains.candidates(view, decision.request, chain, True if wait is None else wait, free)
+        mask = np.zeros(self.n_actions, dtype=np.int8)
+        off = self.route_offset
+        mask[off : off + len(cands.chains)] = 1
+        return Pending(decision, answer, mask, off, candidates=cands, free=free)
+
+    def _prepare_place(self, view: SwarmView, decision: Decision, answer: Any) -> Pending:
+        j = decision.server
+        L = self.num_blocks
+        fixed = self._fixed[j]
+        where = f"{self.builtin.name}: placement for server {j} at t={view.now:.3f}s"
+        if not isinstance(answer, tuple) or len(answer) not in (2, 3):
+            raise DeciderError(
+                f"{where}: expected Placement(start, num_blocks[, cache_bytes]), got {answer!r}"
+            )
+        try:
+            levels = [*fixed, builtin_level(self.scenario, j, answer, fixed)]
+        except (TypeError, ValueError):
+            raise DeciderError(f"{where}: expected integer fields, got {answer!r}") from None
+        mask = np.zeros(self.n_actions, dtype=np.int8)
+        for i, lv in enumerate(levels):
+            if lv.valid:
+                mask[i * L : i * L + L - lv.num_blocks + 1] = 1
+        pending = Pending(decision, answer, mask, -1, levels=levels)
+        try:
+            default = self.encode(pending, answer)
+        except InvalidActionError as exc:
+            raise DeciderError(f"{where}: {exc}") from None
+        pending.default_action = default
+        pending.builtin_level = default // L
+        return pending
+
+    # ----------------------------------------------------------------------------------------------
+    def observe(self, view: SwarmView, pending: Pending) -> np.ndarray:
+        """The flat observation of ``pending`` (float32, shape (features.size,))."""
+        return self.features.build(
+            view, pending.decision, pending.levels, pending.builtin_level, pending.candidates, pending.free
+        )
+
+    def check(self, pending: Pending, action: int) -> str | None:
+        """Why ``action`` cannot be taken for ``pending`` (out of range or masked), or None if it can."""
+        n = self.n_actions
+        if not 0 <= action < n:
+            return f"is out of range: the action space is Discrete({n})"
+        if not pending.mask[action]:
+            kind = pending.decision.kind.name
+            return f"is masked out for this {kind} decision ({self.describe(pending, action)})"
+        return None
+
+    def decode(self, pending: Pending, action: int) -> Any:
+        """The answer (Placement or Route) for a valid ``action`` (the built-in answer for the default)."""
+        if action == pending.default_action:
+            return pending.answer
+        if pending.decision.kind == DecisionKind.PLACE:
+            level, start = divmod(action, self.num_blocks)
+            return pending.levels[level].placement(start)
+        cands = pending.candidates
+        return Route(cands.chains[action - self.route_offset], cands.wait)
+
+    def encode(self, pending: Pending, answer: Any) -> int:
+        """The action expressing ``answer`` (a Placement for PLACE, a Route or chain for ROUTE); raises
+        InvalidActionError if no valid action expresses it."""
+        L = self.num_blocks
+        kind = pending.decision.kind
+        if kind == DecisionKind.PLACE:
+            if DecisionKind.PLACE not in self.controlled:
+                raise InvalidActionError(f"control {self.control!r} has no PLACE actions")
+            if not isinstance(answer, tuple) or len(answer) not in (2, 3):
+                raise InvalidActionError(
+                    f"expected Placement(start, num_blocks[, cache_bytes]), got {answer!r}"
+                )
+            j = pending.decision.server
+            start, m = int(answer[0]), int(answer[1])
+            cache = answer[2] if len(answer) > 2 else None
+            if cache is None:
+                cache = self.scenario.servers[j].profile.memory_bytes - m * self.scenario.model.block_bytes
+            for i, lv in enumerate(pending.levels):
+                if lv.valid and lv.num_blocks == m and lv.cache_bytes == int(cache):
+                    if not 0 <= start <= L - m:
+                        raise InvalidActionError(
+                            f"placement {tuple(answer)}: start {start} puts blocks [{start}, {start + m}) "
+                            f"outside 0..{L - 1}"
+                        )
+                    return i * L + start
+            raise InvalidActionError(
+                f"placement {tuple(answer)} (num_blocks {m}, cache {int(cache)} B) matches no placement level"
+            )
+        if DecisionKind.ROUTE not in self.controlled:
+            raise InvalidActionError(f"control {self.control!r} has no ROUTE actions")
+        if answer is None:
+            raise InvalidActionError("a route answer of None (no chain) is not an action")
+        try:
+            chain, _ = normalise_chain(answer)
+        except (TypeError, ValueError, IndexError):
+            raise InvalidActionError(f"expected a Route or a sequence of hops, got {answer!r}") from None
+        chains = pending.candidates.chains
+        if chain in chains:
+            return self.route_offset + chains.index(chain)
+        raise InvalidActionError(
+            f"chain {format_chain(chain)} is not among the {len(chains)} candidates "
+            f"({'; '.join(format_chain(c) for c in chains)})"
+        )
+
+    def describe(self, pending: Pending | None, action: int) -> str:
+        """Human-readable meaning of ``action`` for ``pending`` (e.g. for error messages and rendering)."""
+        L = self.num_blocks
+        if 0 <= action < self.n_place:
+            level, start = divmod(action, L)
+            name = self.level_names[level]
+            if pending is not None and pending.levels is not None:
+                lv = pending.levels[level]
+                return (
+                    f"PLACE level {level} {name!r}: blocks [{start}, {start + lv.num_blocks}), "
+                    f"cache {lv.cache_bytes / 1e9:.3g} GB{'' if lv.valid else ', level unavailable'}"
+                )
+            return f"PLACE level {level} {name!r} at start {start}"
+        if self.n_place <= action < self.n_actions:
+            i = action - self.route_offset
+            if pending is not None and pending.candidates is not None:
+                cands = pending.candidates
+                if i < len(cands.chains):
+                    return f"ROUTE candidate {i} ({cands.sources[i]}): {format_chain(cands.chains[i])}"
+                return f"ROUTE candidate {i} (padding: only {len(cands.chains)} distinct chains exist)"
+            return f"ROUTE candidate {i}"
+        return f"action {action} (out of range)"
+
+
+def format_chain(chain: Chain) -> str:
+    """``"3[0:53]>5[53:70]"``: server[first block:end] per hop."""
+    return ">".join(f"{h.server}[{h.start}:{h.end}]" for h in chain) or "(empty)"
+
+
+__all__ = [
+    "CONTROLS",
+    "DecisionCodec",
+    "EnvConfigError",
+    "InvalidActionError",
+    "Pending",
+    "design_sessions_for",
+    "format_chain",
+    "normalise_chain",
+]
