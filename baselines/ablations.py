@@ -20,18 +20,15 @@ from petalgym.baselines.petals import PetalsDecider
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import Scenario
 
-_CACHE: dict[int, tuple[Scenario, CGBPResult]] = {}
-
 
 def _cg_bp(scenario: Scenario) -> CGBPResult:
-    """CG-BP at the design |R| for ``scenario`` (memoised per scenario object)."""
-    hit = _CACHE.get(id(scenario))
-    if hit is not None and hit[0] is scenario:
-        return hit[1]
-    n = design_num_sessions(scenario)
-    result = cg_bp_placement(OfflineInstance.from_scenario(scenario, n), n)
-    _CACHE[id(scenario)] = (scenario, result)
-    return result
+    """CG-BP at the design |R| for ``scenario`` (computed once per scenario object)."""
+
+    def compute() -> CGBPResult:
+        n = design_num_sessions(scenario)
+        return cg_bp_placement(OfflineInstance.from_scenario(scenario, n), n)
+
+    return scenario.memo("ablations.cg_bp", compute)
 
 
 def cg_join_order(scenario: Scenario) -> list[int]:

@@ -339,8 +339,8 @@ def design_terms(scenario: Scenario) -> dict[str, float]:
 def design_num_sessions(scenario: Scenario) -> int:
     """CG-BP's design |R| = max(1, min(round(lambda T_1 + sqrt(lambda T_1)), R_max)) (paper-notes
     section 5: mean + one standard deviation of the number in system). With a trace, lambda is its mean
-    rate (all at once: its number of requests)."""
-    d = design_terms(scenario)
+    rate (all at once: its number of requests). Computed once per scenario object."""
+    d = scenario.memo("cg.design_terms", lambda: design_terms(scenario))
     return max(1, min(int(d["rule"]), int(d["R_max"])))
 
 
@@ -369,7 +369,9 @@ class _CGDecider(Decider):
         self._spans_version = -1
 
     def _setup(self, num_sessions: int) -> None:
-        self.cg = cg_bp_placement(_offline_instance(self.scenario, num_sessions), num_sessions)
+        sc = self.scenario
+        key = ("cg.cg_bp_placement", num_sessions)
+        self.cg = sc.memo(key, lambda: cg_bp_placement(_offline_instance(sc, num_sessions), num_sessions))
         self.sessions_used = num_sessions
         self._placements = self.cg.placements()
         self._used = frozenset(self.cg.used_servers)

@@ -14,6 +14,7 @@ import copy
 import csv
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,16 @@ class Scenario:
     petals: PetalsConstants = field(default_factory=PetalsConstants)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     base_dir: Path | None = field(default=None, repr=False)  # resolves relative trace/topology paths
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: Any, factory: Callable[[], Any]) -> Any:
+        """A value derived from this (immutable) scenario, computed once by ``factory`` and kept with it:
+        e.g. its TimeModel or a decider's offline plan. ``dataclasses.replace`` starts a fresh memo."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = factory()
+            return value
 
     @property
     def num_servers(self) -> int:

@@ -164,7 +164,7 @@ class Simulator:
         self.seed = int(seed)
         self.rebalance_period_s = rebalance_period_s
         self.check = check_invariants
-        self.time_model = TimeModel(scenario)
+        self.time_model = scenario.memo("TimeModel", lambda: TimeModel(scenario))
         model = scenario.model
         self.num_blocks = model.num_blocks
         self._block_bytes = model.block_bytes
