@@ -102,10 +102,11 @@ def _load_builtin() -> None:
     if _BUILTIN_LOADED:
         return
     _BUILTIN_LOADED = True
-    try:
-        importlib.import_module("petalgym.baselines")
-    except ImportError as exc:  # pragma: no cover - only when baselines are broken
-        raise DeciderError(f"cannot import petalgym.baselines: {exc}") from exc
+    for module in ("petalgym.baselines", "petalgym.agents"):  # each registers its deciders on import
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # pragma: no cover - only when a package is broken
+            raise DeciderError(f"cannot import {module}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------
