@@ -1,0 +1,46 @@
+"""Every registered baseline runs under the simulator's invariant checks, with and without churn."""
+
+from __future__ import annotations
+
+import pytest
+
+from petalgym.baselines import BASELINES
+from petalgym.deciders import ShortestChainDecider, decider_names, make_decider
+from petalgym.errors import DeciderError
+from petalgym.scenario import load_scenario
+from petalgym.simulator import simulate
+from petalgym.swarm import RequestStatus
+
+NAMES = [*sorted(BASELINES), "shortest"]
+
+
+def test_every_baseline_is_registered():
+    assert set(NAMES) <= set(decider_names())
+    with pytest.raises(DeciderError, match="unknown decider 'nope'"):
+        make_decider("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chains_feasible_and_requests_conserved(name):
+    scenario = load_scenario("clustered-9", {"workload.num_requests": 40, "workload.arrival_rate": 0.3})
+    result = simulate(scenario, make_decider(name), seed=3, check_invariants=True)
+    assert len(result.requests) == 40
+    assert all(r.status in (RequestStatus.COMPLETED, RequestStatus.FAILED) for r in result.requests)
+    assert all(r.status == RequestStatus.COMPLETED for r in result.requests), "no churn: nothing may fail"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "round-robin"])
+def test_under_churn_every_request_ends_with_a_reason(name):
+    scenario = load_scenario("bellcanada-26-churn", {"workload.horizon_s": 900.0})
+    result = simulate(scenario, make_decider(name), seed=1, check_invariants=True)
+    failed = [r for r in result.requests if r.status == RequestStatus.FAILED]
+    assert all(r.failure_reason for r in failed)
+    assert sum(r.status == RequestStatus.COMPLETED for r in result.requests) + len(failed) == len(
+        result.requests
+    )
+    assert result.extra["leaves"], "the churn scenario must make servers leave"
+
+
+def test_shortest_rejects_bad_parameter():
+    with pytest.raises(DeciderError, match="cache_share"):
+        ShortestChainDecider(cache_share=1.5)
