@@ -39,10 +39,11 @@ import itertools
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -195,6 +196,25 @@ def _pulp_solver(opts: SolverOptions, log_path: str | None) -> pulp.LpSolver:
         return pulp.PULP_CBC_CMD(**kwargs)
 
 
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool) -> Iterator[None]:
+    """Silence the process's stdout (file descriptor 1) while ``quiet``: HiGHS prints its banner from C++
+    even with output off, and PuLP offers no switch for it."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run(prob: pulp.LpProblem, opts: SolverOptions) -> _Outcome:
     """Solve ``prob`` and report status, objective and best bound in solver-independent terms."""
     tl = opts.time_limit_s
@@ -214,7 +234,8 @@ def _run(prob: pulp.LpProblem, opts: SolverOptions) -> _Outcome:
         sv = _pulp_solver(opts, log_path)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            prob.solve(sv)
+            with _quiet_stdout(not opts.msg):
+                prob.solve(sv)
         except pulp.PulpSolverError as exc:
             raise SolverError(f"milp: solver {name!r} failed: {exc}") from exc
         elapsed = time.perf_counter() - t0

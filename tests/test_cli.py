@@ -112,3 +112,11 @@ def test_solve_bad_input_exits_2(capsys):
     # CG-BPRR cannot reserve cache for 10,000 concurrent sessions on clustered-9
     assert main(["solve", "--requests", "10000"]) == 2
     assert "error:" in capsys.readouterr().out
+
+
+def test_solve_milp_proves_the_paper_case_optimal(capsys):
+    assert main(["solve", "--method", "milp", "--requests", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "optimal" in out and "Running HiGHS" not in out  # the solver banner is silenced
+    assert main(["solve", "--method", "milp", "--solver", "cbc", "--requests", "3"]) == 0
+    assert "optimal" in capsys.readouterr().out
