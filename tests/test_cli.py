@@ -114,9 +114,12 @@ def test_solve_bad_input_exits_2(capsys):
     assert "error:" in capsys.readouterr().out
 
 
-def test_solve_milp_proves_the_paper_case_optimal(capsys):
+def test_solve_milp_proves_the_paper_case_optimal(capfd):
+    from petalgym.baselines.milp import clear_milp_cache
+
+    clear_milp_cache()
     assert main(["solve", "--method", "milp", "--requests", "3"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out  # file-descriptor level: HiGHS prints from C++
     assert "optimal" in out and "Running HiGHS" not in out  # the solver banner is silenced
     assert main(["solve", "--method", "milp", "--solver", "cbc", "--requests", "3"]) == 0
-    assert "optimal" in capsys.readouterr().out
+    assert "optimal" in capfd.readouterr().out
