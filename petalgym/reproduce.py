@@ -149,6 +149,7 @@ def comparison_table(rows: list[dict[str, Any]], seeds: int) -> Table:
         "CG-BP + WS-RR",
         "reduction",
         "TTFT red.",
+        "with paper delays: PETALS / ours",
         "paper PETALS",
         "paper proposed",
         "paper reduction",
