@@ -1,10 +1,12 @@
-"""Run time of CG-BPRR (and of its CG-BP placement alone) versus the number of servers, L = 70.
+"""Run time of CG-BPRR (and of its CG-BP placement alone) and of PETALS versus the number of servers, L = 70.
 
 Scenarios: BLOOM-176B (70 blocks), 20 % A100 and 80 % MIG 1g.10gb slices, one client, raw RTTs drawn
 uniformly in 5..200 ms (seeded); |R| = 100 requests. Prints a rich table of median wall times over
-``--reps`` repetitions (the OfflineInstance is built once, outside the timing).
+``--reps`` repetitions (the OfflineInstance is built once, outside the timing). PETALS: every server joins
+in a random order choosing its blocks by PETALS' rule, then the |R| requests are routed one by one on
+PETALS' min-latency chain (:func:`petalgym.baselines.offline_solve.petals_offline`).
 
-    python benchmarks/cg_speed.py [--sizes 10 30 100 300 1000] [--reps 5] [--requests 100]
+    python benchmarks/offline_speed.py [--sizes 10 30 100 300 1000] [--reps 5] [--requests 100]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from petalgym.baselines.cg import cg_bp_placement, cg_bprr
+from petalgym.baselines.offline_solve import petals_offline
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import Scenario, scenario_from_dict
 
@@ -55,16 +58,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100)
     args = ap.parse_args(argv)
-    table = Table(title=f"CG-BPRR run time, L = 70, |R| = {args.requests} (median of {args.reps})")
-    for col in ("servers", "CG-BP placement (s)", "CG-BPRR steps 1-3 (s)", "used servers", "per-token (s)"):
+    table = Table(title=f"Offline run time, L = 70, |R| = {args.requests} (median of {args.reps})")
+    for col in (
+        "servers",
+        "CG-BP placement (s)",
+        "CG-BPRR steps 1-3 (s)",
+        "used servers",
+        "per-token (s)",
+        "PETALS (s)",
+        "PETALS per-token (s)",
+    ):
         table.add_column(col, justify="right")
     for n in args.sizes:
-        inst = OfflineInstance.from_scenario(make_scenario(n), args.requests)
+        scenario = make_scenario(n)
+        inst = OfflineInstance.from_scenario(scenario, args.requests)
         t_place = _median_time(lambda inst=inst: cg_bp_placement(inst), args.reps)
         t_full = _median_time(lambda inst=inst: cg_bprr(inst), args.reps)
         sol = cg_bprr(inst)
         used = len(sol.info["cg_bp"].used_servers)  # type: ignore[attr-defined]
-        table.add_row(str(n), f"{t_place:.4f}", f"{t_full:.4f}", str(used), f"{sol.mean_per_token(inst):.4f}")
+        t_petals = _median_time(lambda sc=scenario, inst=inst: petals_offline(sc, inst), args.reps)
+        petals = petals_offline(scenario, inst)
+        table.add_row(
+            str(n),
+            f"{t_place:.4f}",
+            f"{t_full:.4f}",
+            str(used),
+            f"{sol.mean_per_token(inst):.4f}",
+            f"{t_petals:.4f}",
+            f"{petals.mean_per_token(inst):.4f}",
+        )
     Console(width=140).print(table)
 
 
