@@ -4,7 +4,9 @@ Scenarios: BLOOM-176B (70 blocks), 20 % A100 and 80 % MIG 1g.10gb slices, one cl
 uniformly in 5..200 ms (seeded); |R| = 100 requests. Prints a rich table of median wall times over
 ``--reps`` repetitions (the OfflineInstance is built once, outside the timing). PETALS: every server joins
 in a random order choosing its blocks by PETALS' rule, then the |R| requests are routed one by one on
-PETALS' min-latency chain (:func:`petalgym.baselines.offline_solve.petals_offline`).
+PETALS' min-latency chain (:func:`petalgym.baselines.offline_solve.petals_offline`). Its two phases are
+also timed apart: the placement (all joins) and the routing, per request. PETALS' exact memos (routing
+graphs, routes, best starts) are emptied before each repetition, so every timing is a cold run.
 
     python benchmarks/offline_speed.py [--sizes 10 30 100 300 1000] [--reps 5] [--requests 100]
 """
@@ -19,10 +21,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from petalgym.baselines import petals as petals_module
 from petalgym.baselines.cg import cg_bp_placement, cg_bprr
 from petalgym.baselines.offline_solve import petals_offline
+from petalgym.baselines.petals import PetalsDecider, min_latency_chain
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import Scenario, scenario_from_dict
+from petalgym.simulator import DecisionKind, Simulator
 
 
 def make_scenario(num_servers: int, seed: int = 0) -> Scenario:
@@ -46,10 +51,54 @@ def make_scenario(num_servers: int, seed: int = 0) -> Scenario:
 def _median_time(fn, reps: int) -> float:
     times = []
     for _ in range(reps):
+        petals_module._clear_caches()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def petals_phases(scenario: Scenario, instance: OfflineInstance, seed: int = 0) -> tuple[float, float, list]:
+    """The two phases of :func:`petals_offline`, timed apart: (placement s, routing s per request, chains).
+
+    Same calls in the same order as petals_offline (the chains are checked against its routes in main).
+    """
+    petals_module._clear_caches()
+    t0 = time.perf_counter()
+    sim = Simulator(scenario, seed)
+    decider = PetalsDecider(rebalance=False)
+    decider.reset(scenario, sim.decider_rng)
+    d = sim.next_decision()
+    while d is not None and d.kind == DecisionKind.PLACE:
+        sim.apply(decider.place(sim.view, d.server), decider.name)
+        d = sim.next_decision()
+    t_place = time.perf_counter() - t0
+    servers = sim.servers
+    spans = [(s.id, s.start, s.end) for s in servers]
+    budget = np.array([s.cache_capacity for s in servers], dtype=np.int64)
+    used = np.zeros(len(servers), dtype=np.int64)
+    rps = [s.spec.profile.inference_rps for s in servers]
+    p = scenario.petals
+    chains = []
+    t0 = time.perf_counter()
+    for c in range(instance.num_clients):
+        rtt = [float(x) for x in instance.t[c] - scenario.overheads.token_overhead_s]
+        for _ in range(int(instance.requests[c])):
+            lacks = [(s.end - s.start) * instance.session_bytes > budget[s.id] - used[s.id] for s in servers]
+            _, chain = min_latency_chain(
+                spans,
+                instance.num_blocks,
+                rtt,
+                rps,
+                lacks,
+                overhead_s=p.hop_overhead_s,
+                penalty_s=p.lacking_cache_penalty_s,
+            )
+            for h in chain:
+                used[h.server] += h.blocks * instance.session_bytes
+            chains.append((c, chain))
+    t_route = (time.perf_counter() - t0) / max(1, int(instance.requests.sum()))
+    return t_place, t_route, chains
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         "used servers",
         "per-token (s)",
         "PETALS (s)",
+        "PETALS placement (s)",
+        "PETALS routing / request (ms)",
         "PETALS per-token (s)",
     ):
         table.add_column(col, justify="right")
@@ -78,6 +129,14 @@ def main(argv: list[str] | None = None) -> None:
         used = len(sol.info["cg_bp"].used_servers)  # type: ignore[attr-defined]
         t_petals = _median_time(lambda sc=scenario, inst=inst: petals_offline(sc, inst), args.reps)
         petals = petals_offline(scenario, inst)
+        phases = [petals_phases(scenario, inst) for _ in range(args.reps)]
+        counts: dict = {}
+        for c, chain in phases[0][2]:
+            counts.setdefault(c, {}).setdefault(chain, 0)
+            counts[c][chain] += 1
+        assert {c: dict(v) for c, v in petals.routes.items()} == counts, "petals_phases != petals_offline"
+        t_petals_place = statistics.median(ph[0] for ph in phases)
+        t_petals_route = statistics.median(ph[1] for ph in phases)
         table.add_row(
             str(n),
             f"{t_place:.4f}",
@@ -85,9 +144,11 @@ def main(argv: list[str] | None = None) -> None:
             str(used),
             f"{sol.mean_per_token(inst):.4f}",
             f"{t_petals:.4f}",
+            f"{t_petals_place:.4f}",
+            f"{1e3 * t_petals_route:.3f}",
             f"{petals.mean_per_token(inst):.4f}",
         )
-    Console(width=140).print(table)
+    Console(width=180).print(table)
 
 
 if __name__ == "__main__":
