@@ -22,6 +22,16 @@ from petalgym.errors import ScenarioError
 _KINDS = ("constant", "uniform", "exponential", "lognormal", "choice")
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, shortened if longer than ``limit`` characters (a huge list, a
+    400-digit integer); never raises (an int beyond Python's int -> str digit limit has no repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Distribution:
     """A distribution of non-negative numbers; ``integer`` rounds samples to ints."""
@@ -85,11 +95,17 @@ class Distribution:
 
 
 def _number(value: Any, where: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ScenarioError(f"{where}: expected a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ScenarioError(f"{where}: expected a finite number, got {_show(value)}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ScenarioError(f"{where}: expected a finite number, got {_show(value)}")
     if value < minimum or (strict and value == minimum):
         rel = ">" if strict else ">="
-        raise ScenarioError(f"{where}: must be {rel} {minimum:g}, got {value!r}")
+        raise ScenarioError(f"{where}: must be {rel} {minimum:g}, got {_show(value)}")
     return float(value)
 
 
@@ -100,11 +116,11 @@ def parse_distribution(
     if not isinstance(value, dict):
         v = _number(value, where, strict=positive)
         if integer and v != int(v):
-            raise ScenarioError(f"{where}: expected an integer, got {value!r}")
+            raise ScenarioError(f"{where}: expected an integer, got {_show(value)}")
         return Distribution("constant", {"value": int(v) if integer else v}, integer)
     kind = value.get("dist")
     if kind not in _KINDS:
-        raise ScenarioError(f"{where}.dist: expected one of {', '.join(_KINDS)}, got {kind!r}")
+        raise ScenarioError(f"{where}.dist: expected one of {', '.join(_KINDS)}, got {_show(kind)}")
     allowed = {
         "constant": {"value"},
         "uniform": {"low", "high"},
@@ -115,7 +131,8 @@ def parse_distribution(
     unknown = set(value) - allowed - {"dist"}
     if unknown:
         raise ScenarioError(
-            f"{where}: unknown field(s) {sorted(unknown)} for dist {kind!r} (allowed: {sorted(allowed)})"
+            f"{where}: unknown field(s) {sorted(unknown, key=str)} for dist {kind!r} "
+            f"(allowed: {sorted(allowed)})"
         )
     required = {
         "constant": {"value"},
@@ -131,16 +148,16 @@ def parse_distribution(
     if kind == "choice":
         vals = value["values"]
         if not isinstance(vals, list) or not vals:
-            raise ScenarioError(f"{where}.values: expected a non-empty list, got {vals!r}")
+            raise ScenarioError(f"{where}.values: expected a non-empty list, got {_show(vals)}")
         params["values"] = [_number(v, f"{where}.values[{i}]", strict=positive) for i, v in enumerate(vals)]
         if integer and any(v != int(v) for v in params["values"]):
-            raise ScenarioError(f"{where}.values: expected integers, got {vals!r}")
+            raise ScenarioError(f"{where}.values: expected integers, got {_show(vals)}")
         probs = value.get("probs")
         if probs is None:
             params["probs"] = [1.0 / len(vals)] * len(vals)
         else:
             if not isinstance(probs, list) or len(probs) != len(vals):
-                raise ScenarioError(f"{where}.probs: expected {len(vals)} probabilities, got {probs!r}")
+                raise ScenarioError(f"{where}.probs: expected {len(vals)} probabilities, got {_show(probs)}")
             ps = [_number(q, f"{where}.probs[{i}]") for i, q in enumerate(probs)]
             total = sum(ps)
             if not math.isclose(total, 1.0, rel_tol=1e-6):
@@ -164,5 +181,5 @@ def parse_distribution(
         ):
             raise ScenarioError(f"{where}: min ({params['min']:g}) > max ({params['max']:g})")
         if kind == "constant" and integer and params["value"] != int(params["value"]):
-            raise ScenarioError(f"{where}.value: expected an integer, got {value['value']!r}")
+            raise ScenarioError(f"{where}.value: expected an integer, got {_show(value['value'])}")
     return Distribution(kind, params, integer)

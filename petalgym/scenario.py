@@ -23,12 +23,15 @@ import numpy as np
 import yaml
 
 from petalgym import catalog
-from petalgym.distributions import Distribution, parse_distribution
+from petalgym.distributions import Distribution, _show, parse_distribution
 from petalgym.errors import InfeasibleScenarioError, ScenarioError
-from petalgym.topology import load_topology
+from petalgym.topology import is_file, load_topology
 
 _MISSING = object()
 _BIG = 1e12  # upper bound on any plain number in a scenario: catches fuzzed or mistyped values
+_MAX_LOCATION = 1e9  # upper bound on a cluster or node index
+_MAX_TOKENS = 10_000_000  # upper bound on l_in and on l_out
+_MAX_REQUESTS = 100_000_000  # upper bound on the requests of an episode (given, or expected)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +223,10 @@ class Scenario:
 
     def with_overrides(self, overrides: dict[str, Any]) -> Scenario:
         """A new scenario from this one's YAML with dotted-path ``overrides`` applied, re-validated."""
-        data = apply_overrides(self.raw, overrides)
+        try:
+            data = apply_overrides(self.raw, overrides)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{self.source}: {exc}") from None
         return scenario_from_dict(data, source=self.source, base_dir=self.base_dir)
 
     def summary(self) -> str:
@@ -246,15 +252,15 @@ class _Section:
             data = {}
         label = where or "top level"
         if not isinstance(data, dict):
-            raise ScenarioError(f"{label}: expected a mapping, got {type(data).__name__} {data!r}")
+            raise ScenarioError(f"{label}: expected a mapping, got {type(data).__name__} {_show(data)}")
         bad_keys = [k for k in data if not isinstance(k, str)]
         if bad_keys:
-            raise ScenarioError(f"{label}: field names must be strings, got {bad_keys[0]!r}")
+            raise ScenarioError(f"{label}: field names must be strings, got {_show(bad_keys[0])}")
         if allowed is not None:
             unknown = sorted(set(data) - allowed)
             if unknown:
                 raise ScenarioError(
-                    f"{label}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+                    f"{label}: unknown field {_show(unknown[0])} (allowed: {', '.join(sorted(allowed))})"
                 )
         self.data = data
         self.where = where
@@ -287,16 +293,16 @@ class _Section:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             kind = "an integer" if integer else "a number"
-            raise ScenarioError(f"{self.at(key)}: expected {kind}, got {value!r}")
-        if not math.isfinite(value):
-            raise ScenarioError(f"{self.at(key)}: expected a finite number, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected {kind}, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):  # (an int may be too large for a float)
+            raise ScenarioError(f"{self.at(key)}: expected a finite number, got {_show(value)}")
         if integer and value != int(value):
-            raise ScenarioError(f"{self.at(key)}: expected an integer, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected an integer, got {_show(value)}")
         if value < minimum or (strict and value == minimum):
             rel = ">" if strict else ">="
-            raise ScenarioError(f"{self.at(key)}: must be {rel} {minimum:g}, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: must be {rel} {minimum:g}, got {_show(value)}")
         if value > maximum:
-            raise ScenarioError(f"{self.at(key)}: must be <= {maximum:g}, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: must be <= {maximum:g}, got {_show(value)}")
         return int(value) if integer else float(value)
 
     def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
@@ -304,15 +310,15 @@ class _Section:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ScenarioError(f"{self.at(key)}: expected a string, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected a string, got {_show(value)}")
         if choices is not None and value not in choices:
-            raise ScenarioError(f"{self.at(key)}: expected one of {', '.join(choices)}, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected one of {', '.join(choices)}, got {_show(value)}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
-            raise ScenarioError(f"{self.at(key)}: expected true or false, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected true or false, got {_show(value)}")
         return value
 
     def section(self, key: str, allowed: set[str] | None = None) -> _Section:
@@ -321,7 +327,7 @@ class _Section:
     def items(self, key: str) -> list[Any]:
         value = self.raw(key)
         if not isinstance(value, list) or not value:
-            raise ScenarioError(f"{self.at(key)}: expected a non-empty list, got {value!r}")
+            raise ScenarioError(f"{self.at(key)}: expected a non-empty list, got {_show(value)}")
         return value
 
 
@@ -336,10 +342,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 try:
                     node = node[int(k)]
                 except (ValueError, IndexError):
-                    raise ScenarioError(f"override {path!r}: no list item {k!r}") from None
+                    raise ScenarioError(f"override {_show(path)}: no list item {_show(k)}") from None
             else:
                 if not isinstance(node, dict):
-                    raise ScenarioError(f"override {path!r}: {k!r} is not inside a mapping")
+                    raise ScenarioError(f"override {_show(path)}: {_show(k)} is not inside a mapping")
                 if node.get(k) is None:  # missing, or an empty YAML section (null)
                     node[k] = {}
                 node = node[k]
@@ -348,11 +354,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             try:
                 node[int(last)] = value
             except (ValueError, IndexError):
-                raise ScenarioError(f"override {path!r}: no list item {last!r}") from None
+                raise ScenarioError(f"override {_show(path)}: no list item {_show(last)}") from None
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise ScenarioError(f"override {path!r}: cannot set a field inside {node!r}")
+            raise ScenarioError(f"override {_show(path)}: cannot set a field inside {_show(node)}")
     return out
 
 
@@ -376,7 +382,9 @@ _MODEL_FIELDS = {
 def _parse_model(value: Any, where: str) -> ModelSpec:
     if isinstance(value, str):
         if value not in catalog.MODELS:
-            raise ScenarioError(f"{where}: unknown model {value!r} (built-in: {', '.join(catalog.MODELS)})")
+            raise ScenarioError(
+                f"{where}: unknown model {_show(value)} (built-in: {', '.join(catalog.MODELS)})"
+            )
         name, data = value, dict(catalog.MODELS[value])
     else:
         sec = _Section(value, where, _MODEL_FIELDS | {"base"})
@@ -384,10 +392,12 @@ def _parse_model(value: Any, where: str) -> ModelSpec:
         data = {}
         if base is not None:
             if base not in catalog.MODELS:
-                raise ScenarioError(f"{sec.at('base')}: unknown model {base!r}")
+                raise ScenarioError(f"{sec.at('base')}: unknown model {_show(base)}")
             data = dict(catalog.MODELS[base])
         data.update({k: v for k, v in sec.data.items() if k != "base"})
         name = data.pop("name", base or "custom")
+        if not isinstance(name, str):
+            raise ScenarioError(f"{where}.name: expected a string, got {_show(name)}")
     sec = _Section(data, where, _MODEL_FIELDS - {"name"})
     num_blocks = sec.num("num_blocks", integer=True, minimum=1, maximum=100_000)
     if sec.has("block_bytes"):
@@ -432,7 +442,7 @@ def _parse_profiles(value: Any, where: str) -> dict[str, GpuProfile]:
         if base is not None:
             if base not in catalog.GPU_PROFILES:
                 raise ScenarioError(
-                    f"{psec.at('base')}: unknown GPU profile {base!r} "
+                    f"{psec.at('base')}: unknown GPU profile {_show(base)} "
                     f"(built-in: {', '.join(catalog.GPU_PROFILES)})"
                 )
             merged = dict(catalog.GPU_PROFILES[base])
@@ -464,17 +474,23 @@ def _locations_from(entry: _Section, key: str, count: int) -> list[int | None]:
         return [None] * count
     if isinstance(loc, list):
         if len(loc) != count:
-            raise ScenarioError(f"{entry.at(key)}: expected {count} locations (one per server), got {loc!r}")
+            raise ScenarioError(
+                f"{entry.at(key)}: expected {count} locations (one per server), got {_show(loc)}"
+            )
         out = []
         for i, v in enumerate(loc):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ScenarioError(f"{entry.at(key)}[{i}]: expected a non-negative integer, got {v!r}")
+                raise ScenarioError(f"{entry.at(key)}[{i}]: expected a non-negative integer, got {_show(v)}")
+            if v > _MAX_LOCATION:
+                raise ScenarioError(f"{entry.at(key)}[{i}]: must be <= {_MAX_LOCATION:g}, got {_show(v)}")
             out.append(v)
         return out
     if isinstance(loc, bool) or not isinstance(loc, int) or loc < 0:
         raise ScenarioError(
-            f"{entry.at(key)}: expected a non-negative integer, a list or 'auto', got {loc!r}"
+            f"{entry.at(key)}: expected a non-negative integer, a list or 'auto', got {_show(loc)}"
         )
+    if loc > _MAX_LOCATION:
+        raise ScenarioError(f"{entry.at(key)}: must be <= {_MAX_LOCATION:g}, got {_show(loc)}")
     return [loc] * count
 
 
@@ -482,15 +498,15 @@ def _parse_servers(
     value: Any, where: str, profiles: dict[str, GpuProfile]
 ) -> list[tuple[str, GpuProfile, int | None]]:
     if not isinstance(value, list) or not value:
-        raise ScenarioError(f"{where}: expected a non-empty list of servers, got {value!r}")
+        raise ScenarioError(f"{where}: expected a non-empty list of servers, got {_show(value)}")
     out: list[tuple[str, GpuProfile, int | None]] = []
     for i, item in enumerate(value):
         sec = _Section(item, f"{where}[{i}]", {"profile", "count", "location", "name"})
         pname = sec.string("profile")
         if pname not in profiles:
-            raise ScenarioError(
-                f"{sec.at('profile')}: unknown GPU profile {pname!r} (known: {', '.join(sorted(profiles))})"
-            )
+            known = ", ".join(sorted(profiles))
+            known = known if len(known) <= 300 else f"{known[:280]}..."
+            raise ScenarioError(f"{sec.at('profile')}: unknown GPU profile {_show(pname)} (known: {known})")
         count = sec.num("count", 1, integer=True, minimum=1, maximum=100_000)
         name = sec.string("name", None)
         for k, loc in enumerate(_locations_from(sec, "location", count)):
@@ -503,7 +519,7 @@ def _parse_clients(value: Any, where: str) -> list[tuple[str, int | None, float]
     if value is None:
         value = [{"name": "client"}]
     if not isinstance(value, list) or not value:
-        raise ScenarioError(f"{where}: expected a non-empty list of clients, got {value!r}")
+        raise ScenarioError(f"{where}: expected a non-empty list of clients, got {_show(value)}")
     out = []
     for i, item in enumerate(value):
         sec = _Section(item, f"{where}[{i}]", {"name", "location", "weight"})
@@ -543,9 +559,9 @@ def _parse_network(
         rtt = sec.raw("rtt_ms")
         try:
             arr = np.asarray(rtt, dtype=float)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ScenarioError(
-                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers, got {rtt!r}"
+                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers, got {_show(rtt)}"
             ) from None
         if arr.shape != (n_c, n_s):
             raise ScenarioError(
@@ -567,10 +583,10 @@ def _parse_network(
         if sec.has("cluster_rtt_ms"):
             try:
                 mat = np.asarray(sec.raw("cluster_rtt_ms"), dtype=float)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ScenarioError(
                     f"{sec.at('cluster_rtt_ms')}: expected a square matrix of numbers, "
-                    f"got {sec.raw('cluster_rtt_ms')!r}"
+                    f"got {_show(sec.raw('cluster_rtt_ms'))}"
                 ) from None
             if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
                 raise ScenarioError(
@@ -582,11 +598,11 @@ def _parse_network(
                 raise ScenarioError(
                     f"{sec.at('cluster_rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms, got {bad:g}"
                 )
-        else:
+        else:  # cluster indices are labels: no (n_clusters x n_clusters) matrix, which may be huge
             intra = sec.num("intra_rtt_ms", maximum=1e7)
             inter = sec.num("inter_rtt_ms", maximum=1e7)
-            mat = np.full((n_clusters, n_clusters), inter)
-            np.fill_diagonal(mat, intra)
+            same = np.asarray(c_loc)[:, None] == np.asarray(s_loc)[None, :]
+            return Network("clusters", np.where(same, intra, inter) / 1e3), s_loc, c_loc  # type: ignore[arg-type]
         rtt = mat[np.ix_(c_loc, s_loc)] / 1e3
         return Network("clusters", rtt), s_loc, c_loc  # type: ignore[arg-type]
     # topology
@@ -594,7 +610,7 @@ def _parse_network(
     ref = topo_name
     if base_dir is not None and topo_name.lower() not in ("abovenet", "bellcanada", "gtsce"):
         candidate = base_dir / topo_name
-        if candidate.is_file():
+        if is_file(candidate):
             ref = str(candidate)
     try:
         topo = load_topology(ref)
@@ -629,12 +645,8 @@ def _parse_network(
     return Network("topology", rtt, topology=topo.name), s_nodes, c_nodes
 
 
-def _read_trace(path_value: str, where: str, base_dir: Path | None, n_clients: int) -> Trace:
-    path = Path(path_value)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.is_file():
-        raise ScenarioError(f"{where}: trace file {str(path)!r} does not exist")
+def _trace_rows(path: Path, where: str, n_clients: int) -> list[tuple[float, int, int, int]]:
+    """The (arrival_s, l_in, l_out, client) rows of a trace CSV file, validated."""
     rows = []
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -651,13 +663,36 @@ def _read_trace(path_value: str, where: str, base_dir: Path | None, n_clients: i
                 lo = int(row["l_out"])
                 c = int(row["client"]) if row.get("client") not in (None, "") else 0
             except (TypeError, ValueError):
-                raise ScenarioError(f"{where}: trace {path.name} line {line}: bad value in {row}") from None
-            if not math.isfinite(t) or t < 0 or li < 1 or lo < 1 or not 0 <= c < n_clients:
                 raise ScenarioError(
-                    f"{where}: trace {path.name} line {line}: need arrival_s >= 0, l_in >= 1, l_out >= 1 and "
-                    f"client in 0..{n_clients - 1}, got {row}"
+                    f"{where}: trace {path.name} line {line}: bad value in {_show(row, 200)}"
+                ) from None
+            if (
+                not math.isfinite(t)
+                or t < 0
+                or not 1 <= li <= _MAX_TOKENS
+                or not 1 <= lo <= _MAX_TOKENS
+                or not 0 <= c < n_clients
+            ):
+                raise ScenarioError(
+                    f"{where}: trace {path.name} line {line}: need arrival_s >= 0, l_in and l_out in 1..1e7 "
+                    f"and client in 0..{n_clients - 1}, got {_show(row, 200)}"
                 )
             rows.append((t, li, lo, c))
+    return rows
+
+
+def _read_trace(path_value: str, where: str, base_dir: Path | None, n_clients: int) -> Trace:
+    path = Path(path_value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not is_file(path):
+        raise ScenarioError(f"{where}: trace file {_show(str(path), 300)} does not exist")
+    try:
+        rows = _trace_rows(path, where, n_clients)
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{where}: trace {path.name} is not a UTF-8 text (CSV) file") from None
+    except (OSError, csv.Error) as exc:
+        raise ScenarioError(f"{where}: trace {path.name} cannot be read ({exc})") from None
     if not rows:
         raise ScenarioError(f"{where}: trace {path.name} has no requests")
     rows.sort(key=lambda r: r[0])
@@ -675,14 +710,19 @@ def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: in
     if sec.has("trace"):
         trace = _read_trace(sec.string("trace"), sec.at("trace"), base_dir, n_clients)
     rate = sec.num("arrival_rate", 0.0 if trace is not None else _MISSING, strict=trace is None, maximum=1e6)
-    n_req = sec.num("num_requests", None, integer=True, minimum=1, maximum=100_000_000)
+    n_req = sec.num("num_requests", None, integer=True, minimum=1, maximum=_MAX_REQUESTS)
     horizon = sec.num("horizon_s", None, strict=True)
     if trace is None and n_req is None and horizon is None:
         raise ScenarioError(f"{where}: give num_requests or horizon_s (or a trace)")
+    if trace is None and n_req is None and rate * horizon > _MAX_REQUESTS:
+        raise ScenarioError(
+            f"{where}: arrival_rate x horizon_s = {rate:g}/s x {horizon:g} s = {rate * horizon:.3g} expected "
+            f"requests, more than {_MAX_REQUESTS:.0e} (lower them, or cap with num_requests)"
+        )
     l_in = parse_distribution(sec.raw("l_in", 20), sec.at("l_in"), integer=True)
     l_out = parse_distribution(sec.raw("l_out", 128), sec.at("l_out"), integer=True)
     for key, dist in (("l_in", l_in), ("l_out", l_out)):
-        if dist.maximum > 10_000_000:
+        if dist.maximum > _MAX_TOKENS:
             raise ScenarioError(f"{sec.at(key)}: lengths must be <= 1e7 tokens, got up to {dist.maximum:g}")
     return Workload(
         arrival_rate=rate,
@@ -781,6 +821,8 @@ def scenario_from_dict(data: Any, source: str = "<dict>", base_dir: Path | None 
         if not msg.startswith(source):
             msg = f"{source}: {msg}"
         raise type(exc)(msg) from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: top level: the document is nested too deeply") from None
 
 
 def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenario:
@@ -876,26 +918,44 @@ def load_scenario(name_or_path: str | Path | Scenario, overrides: dict[str, Any]
         return name_or_path.with_overrides(overrides) if overrides else name_or_path
     ref = str(name_or_path)
     builtin = _scenario_dir() / f"{ref}.yaml"
-    if builtin.is_file():
-        text, source, base_dir = builtin.read_text(), f"{ref}.yaml", None
+    if is_file(builtin):
+        path, source, base_dir = builtin, f"{ref}.yaml", None
     else:
         path = Path(ref)
-        if not path.is_file():
+        if not is_file(path):
             raise ScenarioError(
-                f"scenario {ref!r}: no such file, and not a built-in scenario ({', '.join(list_scenarios())})"
+                f"scenario {_show(ref, 300)}: no such file, and not a built-in scenario "
+                f"({', '.join(list_scenarios())})"
             )
-        text, source, base_dir = path.read_text(), str(path), path.parent
+        source, base_dir = str(path), path.parent
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{source}: not a UTF-8 text (YAML) file (byte {exc.start})") from None
+    except OSError as exc:
+        raise ScenarioError(f"{source}: cannot be read ({exc.strerror or exc})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = " ".join(str(problem).split())
+        problem = problem if len(problem) <= 120 else f"{problem[:100]}..."
         raise ScenarioError(f"{source}:{where}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: invalid YAML (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ScenarioError(f"{source}: invalid YAML ({' '.join(str(exc).split())[:120]})") from None
     if overrides:
         if not isinstance(data, dict):
             raise ScenarioError(f"{source}: expected a mapping at the top level")
-        data = apply_overrides(data, overrides)
+        try:
+            data = apply_overrides(data, overrides)
+        except ScenarioError as exc:
+            raise ScenarioError(f"{source}: {exc}") from None
+        except RecursionError:
+            raise ScenarioError(f"{source}: top level: the document is nested too deeply") from None
     return scenario_from_dict(data, source=source, base_dir=base_dir)
 
 

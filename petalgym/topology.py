@@ -86,6 +86,14 @@ def parse_graph(text: str, name: str) -> Topology:
     return Topology(name=name, graph=graph, labels=tuple(labels))
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False instead of an OSError (a name too long for the file system, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 @lru_cache(maxsize=16)
 def load_topology(name_or_path: str) -> Topology:
     """Load a built-in topology by name (``abovenet``, ``bellcanada``, ``gtsce``) or a ``.graph`` path."""
@@ -94,8 +102,15 @@ def load_topology(name_or_path: str) -> Topology:
         ref = Path(__file__).parent / "data" / "topologies" / BUILTIN_TOPOLOGIES[key]
         return parse_graph(ref.read_text(), key)
     path = Path(name_or_path)
-    if not path.is_file():
+    if not is_file(path):
+        shown = repr(name_or_path) if len(name_or_path) <= 300 else f"{name_or_path[:280]!r}..."
+        raise ScenarioError(f"topology {shown}: no such file, and not one of {sorted(BUILTIN_TOPOLOGIES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise ScenarioError(
-            f"topology {name_or_path!r}: no such file, and not one of {sorted(BUILTIN_TOPOLOGIES)}"
-        )
-    return parse_graph(path.read_text(), path.stem)
+            f"topology {path.stem}: not a UTF-8 text (.graph) file (byte {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ScenarioError(f"topology {path.stem}: cannot be read ({exc.strerror or exc})") from None
+    return parse_graph(text, path.stem)
