@@ -351,7 +351,16 @@ class _CGDecider(Decider):
     """Shared parts: CG-BP placement computed once at reset over all servers; a (re)joining server gets
     its CG-BP window; routing only over servers CG-BP uses."""
 
-    def __init__(self, num_sessions: int | None = None):
+    def __init__(self, num_sessions: int | None = None, sessions_factor: float = 1.0):
+        if isinstance(sessions_factor, bool) or not (
+            isinstance(sessions_factor, (int, float)) and 0 < sessions_factor < math.inf
+        ):
+            raise DeciderError(
+                f"{self.name}: sessions_factor must be a positive number, got {sessions_factor!r}"
+            )
+        if num_sessions is not None and sessions_factor != 1.0:
+            raise DeciderError(f"{self.name}: give num_sessions or sessions_factor, not both")
+        self.sessions_factor = float(sessions_factor)
         if num_sessions is not None and (
             isinstance(num_sessions, bool)
             or not isinstance(num_sessions, (int, np.integer))
@@ -393,16 +402,18 @@ class _CGDecider(Decider):
 
 
 class CGBPRRDecider(_CGDecider):
-    """Offline CG-BPRR run online: CG-BP with |R| = ``num_sessions``, else the workload's number of
-    requests, else the design rule; every request on the shortest chain under per-token hop costs
-    t_cj + tau_j m_ij (step 3) from its ``route_from`` block; waits for cache if needed (Route(wait=True)).
-    Raises SolverError at reset if CG-BP is infeasible for that |R|."""
+    """Offline CG-BPRR run online: CG-BP with |R| = ``num_sessions``, else ``sessions_factor`` x (the
+    workload's number of requests, else the design rule), rounded; every request on the shortest chain
+    under per-token hop costs t_cj + tau_j m_ij (step 3) from its ``route_from`` block; waits for cache if
+    needed (Route(wait=True)). Raises SolverError at reset if CG-BP is infeasible for that |R|."""
 
     name = "cg-bprr"
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         super().reset(scenario, rng)
-        n = self.num_sessions or scenario.workload.num_requests or design_num_sessions(scenario)
+        n = self.num_sessions or max(
+            1, round(self.sessions_factor * (scenario.workload.num_requests or design_num_sessions(scenario)))
+        )
         try:
             self._setup(int(n))
         except SolverError as exc:
@@ -428,7 +439,8 @@ class CGBPRRDecider(_CGDecider):
 
 
 class CGBPWSRRDecider(_CGDecider):
-    """CG-BP placement (|R| = ``num_sessions`` or :func:`design_num_sessions`) + WS-RR routing.
+    """CG-BP placement (|R| = ``num_sessions``, else ``sessions_factor`` x :func:`design_num_sessions`,
+    rounded) + WS-RR routing.
 
     WS-RR: the shortest chain under hop cost wait_ij + [tI_cj + (l-1) t_cj] + [tauI_j + (l-1) tau_j] m_ij,
     with wait_ij = view.wait_for(j, m_ij s_c) (every session and reservation held to its planned finish).
@@ -453,7 +465,7 @@ class CGBPWSRRDecider(_CGDecider):
             except SolverError as exc:
                 raise SolverError(f"cg-bp-ws-rr on {scenario.name}: {exc}") from None
         else:
-            n = design_num_sessions(scenario)
+            n = max(1, round(self.sessions_factor * design_num_sessions(scenario)))
             while True:
                 try:
                     self._setup(n)

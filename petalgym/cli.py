@@ -91,7 +91,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
-#: The baselines `petalgym evaluate` runs by default (paper-notes sections 4-6, plus simple references).
+def _shipped_agents() -> tuple[str, ...]:
+    """The shipped learned deciders (agents/pretrained), if the `rl` extra (sb3-contrib) is installed."""
+    import importlib.util
+
+    return ("ppo-routing", "ppo-placement") if importlib.util.find_spec("sb3_contrib") is not None else ()
+
+
+#: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, simple references, and the
+#: shipped learned agents when the `rl` extra is installed).
 DEFAULT_DECIDERS = (
     "petals",
     "petals-opt-order",
@@ -102,6 +110,7 @@ DEFAULT_DECIDERS = (
     "milp",
     "random",
     "round-robin",
+    *_shipped_agents(),
 )
 
 
@@ -215,6 +224,82 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------------
+def parse_mixture(items: Sequence[str] | None) -> list[dict[str, Any]] | None:
+    """``["workload.arrival_rate=0.1,1,2"]`` -> one override dict per value (several keys: zipped)."""
+    if not items:
+        return None
+    columns: dict[str, list[Any]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or not values.strip():
+            raise PetalgymError(
+                f"--mix {item!r}: expected key=value1,value2,..., e.g. workload.arrival_rate=1,2"
+            )
+        try:
+            columns[key.strip()] = list(yaml.safe_load(f"[{values}]"))
+        except yaml.YAMLError:
+            raise PetalgymError(f"--mix {item!r}: the values are not valid YAML") from None
+    sizes = {len(v) for v in columns.values()}
+    if len(sizes) != 1:
+        raise PetalgymError(f"--mix: every key needs the same number of values, got {sorted(sizes)}")
+    n = sizes.pop()
+    return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from petalgym.agents.train import train
+
+    command = "petalgym " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    result = train(
+        args.env,
+        output=args.output,
+        scenario=args.scenario,
+        algo=args.algo,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        config=args.config,
+        hyperparams=parse_overrides(args.hp),
+        scenario_overrides=parse_overrides(args.set),
+        scenario_mixture=parse_mixture(args.mix),
+        eval_freq=args.eval_freq,
+        n_eval_episodes=args.eval_episodes,
+        checkpoint_freq=args.checkpoint_freq,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
+        export=args.export,
+        export_best=args.export_best,
+        threads=args.threads,
+        verbose=args.verbose,
+        command=command,
+    )
+    table = Table(title=f"{args.algo} on {args.env}: {result.metadata['scenario']['name']}")
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    table.add_row("model", str(result.model_path))
+    table.add_row("metadata", str(result.metadata_path))
+    if result.best_model_path is not None:
+        table.add_row("best validation model", str(result.best_model_path))
+    if result.exported is not None:
+        table.add_row("exported", str(result.exported))
+    if result.eval_history:
+        last = result.eval_history[-1]
+        table.add_row(
+            "validation (last)",
+            f"per-token {last['per_token_s']:.4f} s, wait {last['wait_s']:.3f} s, "
+            f"failed {last['failed']:.2f}, default action {100 * last['default_action_share']:.1f} %",
+        )
+    if not args.no_tensorboard:
+        table.add_row("tensorboard", f"tensorboard --logdir {Path(args.output) / 'tb'}")
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +365,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="results/reproduce")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "train", help="train an RL agent (stable-baselines3 / sb3-contrib; needs petalgym[rl])"
+    )
+    p.add_argument(
+        "--env", default="PetalRouting-v0", help="PetalRouting-v0, PetalPlacement-v0 or PetalAlloc-v0"
+    )
+    p.add_argument("--scenario", help="built-in scenario name or YAML path (default: clustered-9)")
+    p.add_argument("--algo", choices=("maskable-ppo", "ppo", "a2c", "dqn"), default="maskable-ppo")
+    p.add_argument("--timesteps", type=int, help="agent decisions to train for (default: the config's)")
+    p.add_argument("--output", required=True, help="directory for the model, metadata, checkpoints, logs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-envs", type=int, help="parallel envs (SubprocVecEnv if > 1; default: the config's)")
+    p.add_argument("--config", help="hyper-parameter YAML merged over configs/agents/<algo>.yaml")
+    p.add_argument(
+        "--hp", action="append", metavar="KEY=VALUE", help="hyper-parameter override, e.g. n_steps=2048"
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    p.add_argument(
+        "--mix",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help="train on scenario variants, one drawn per episode (e.g. workload.arrival_rate=1,2,4)",
+    )
+    p.add_argument("--eval-freq", type=int, help="validation every N timesteps (0: never)")
+    p.add_argument("--eval-episodes", type=int, help="validation episodes (held-out simulator seeds)")
+    p.add_argument("--checkpoint-freq", type=int, help="checkpoint every N timesteps (0: never)")
+    p.add_argument("--export", metavar="PATH.zip", help="also copy the model (+ .json sidecar) here")
+    p.add_argument("--export-best", action="store_true", help="export the best validation model instead")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verbose", type=int, default=0)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -287,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``petalgym`` command; bad input prints one ``error:`` line and exits with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except PetalgymError as exc:

@@ -129,6 +129,12 @@ class ShortestChainDecider(Decider):
         self._cache: dict[tuple[int, int, int, int], Chain] = {}
         self._cache_version = -1
 
+    def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
+        """New episode: forget the cached chains (placement versions restart with every simulator)."""
+        super().reset(scenario, rng)
+        self._cache.clear()
+        self._cache_version = -1
+
     def place(self, view: SwarmView, server: int) -> Placement:
         sc = view.scenario
         spec = sc.servers[server]

@@ -383,9 +383,24 @@ def test_cg_bprr_decider_sessions_and_placement(clustered):
     fixed = CGBPWSRRDecider(num_sessions=20)
     fixed.reset(clustered, np.random.default_rng(0))
     assert fixed.sessions_used == 20
+    overload = clustered.with_overrides({"workload.arrival_rate": 2.0, "workload.num_requests": 200})
+    half = CGBPWSRRDecider(sessions_factor=0.5)
+    half.reset(overload, np.random.default_rng(0))
+    assert half.sessions_used == round(0.5 * design_num_sessions(overload)) < design_num_sessions(overload)
+    same = CGBPWSRRDecider(num_sessions=half.sessions_used)
+    same.reset(overload, np.random.default_rng(0))
+    assert half.cg.starts == same.cg.starts
+    bprr = CGBPRRDecider(sessions_factor=0.25)
+    bprr.reset(clustered, np.random.default_rng(0))
+    assert bprr.sessions_used == 25  # a quarter of the workload's 100 requests
 
 
 def test_bad_arguments_are_named():
+    for bad in (0, -1.0, math.inf, math.nan, True, "2"):
+        with pytest.raises(DeciderError, match="sessions_factor must be a positive number"):
+            CGBPWSRRDecider(sessions_factor=bad)
+    with pytest.raises(DeciderError, match="num_sessions or sessions_factor, not both"):
+        CGBPRRDecider(num_sessions=10, sessions_factor=0.5)
     with pytest.raises(DeciderError, match="num_sessions must be an integer >= 1 or None, got 0"):
         CGBPWSRRDecider(num_sessions=0)
     with pytest.raises(DeciderError, match=r"got 2\.5"):
