@@ -141,7 +141,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ev.to_csv(out / "evaluation.csv"),
         ev.to_json(out / "evaluation.json"),
         ev.plot(out / "evaluation.png"),
+        out / "evaluation.md",
     ]
+    ev.to_markdown(out / "evaluation.md")
     console.print("written: " + ", ".join(str(f) for f in files))
     return 0
 
@@ -215,8 +217,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ev.to_csv(out / "paper_grid.csv")
     (out / "paper_comparison.json").write_text(json.dumps(rows, indent=1, default=str))
+    (out / "paper_comparison.md").write_text(rp.comparison_markdown(rows))
     ev.plot(out / "paper_grid.png", title="per-token time, paper grid")
-    written = [out / "paper_grid.csv", out / "paper_comparison.json", out / "paper_grid.png"]
+    written = [out / "paper_grid.csv", out / "paper_comparison.json", out / "paper_comparison.md"]
+    written.append(out / "paper_grid.png")
     if args.sweeps:
         written += list(rp.run_sweeps(seeds, out, **common).values())
     console.print("written: " + ", ".join(str(p) for p in written))

@@ -207,16 +207,13 @@ class Evaluation:
                 out.append(agg)
         return out
 
-    def table(self, title: str = "Evaluation") -> Table:
-        """A rich table of the aggregates: mean ± 95 % CI per metric."""
-        table = Table(title=title)
-        table.add_column("setting")
-        table.add_column("decider")
-        table.add_column("seeds", justify="right")
-        for _, (label, unit) in self.metrics.items():
-            table.add_column(f"{label} ({unit})" if unit else label, justify="right")
+    def _header_and_cells(self) -> tuple[list[str], list[list[str]]]:
+        """Column names and one row of formatted cells (mean ± 95 % CI) per setting x decider."""
+        header = ["setting", "decider", "seeds"]
+        header += [f"{label} ({unit})" if unit else label for label, unit in self.metrics.values()]
         if self.reference:
-            table.add_column(f"vs {self.reference}", justify="right")
+            header.append(f"vs {self.reference}")
+        rows = []
         for agg in self.aggregate():
             cells = [agg["setting"], agg["decider"], str(agg["n"])]
             for m in self.metrics:
@@ -224,8 +221,32 @@ class Evaluation:
             if self.reference:
                 red = agg.get("reduction")
                 cells.append("-" if red is None else _pm(100 * red, 100 * agg["reduction_ci95"], "%"))
+            rows.append(cells)
+        return header, rows
+
+    def table(self, title: str = "Evaluation") -> Table:
+        """A rich table of the aggregates: mean ± 95 % CI per metric."""
+        header, rows = self._header_and_cells()
+        table = Table(title=title)
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i < 2 else "right")
+        for cells in rows:
             table.add_row(*cells)
         return table
+
+    def to_markdown(self, path: str | Path | None = None) -> str:
+        """The aggregates as a GitHub markdown table (the rich table's cells); also written to ``path``."""
+        header, rows = self._header_and_cells()
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
+        ]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the per-run rows."""

@@ -138,50 +138,65 @@ def comparison_rows(ev: Evaluation, settings: Sequence[Setting] = SETTINGS) -> l
     return out
 
 
-def comparison_table(rows: list[dict[str, Any]], seeds: int) -> Table:
-    """A rich table of :func:`comparison_rows`."""
-    table = Table(title=f"Average per-token time (s), ours (mean ± 95 % CI over {seeds} seeds) vs the paper")
-    for col in (
-        "setting",
-        "λ",
-        "l_out",
-        "PETALS",
-        "CG-BP + WS-RR",
-        "reduction",
-        "TTFT red.",
-        "with paper delays: PETALS / ours",
-        "paper PETALS",
-        "paper proposed",
-        "paper reduction",
-    ):
-        table.add_column(col, justify="left" if col == "setting" else "right")
+COMPARISON_COLUMNS = (
+    "setting",
+    "λ",
+    "l_out",
+    "PETALS",
+    "CG-BP + WS-RR",
+    "reduction",
+    "TTFT red.",
+    "with paper delays: PETALS / ours",
+    "paper PETALS",
+    "paper proposed",
+    "paper reduction",
+)
+
+
+def _comparison_cells(r: dict[str, Any]) -> list[str]:
+    """One row of :func:`comparison_rows` as formatted cells (:data:`COMPARISON_COLUMNS`)."""
 
     def pm(m: float, h: float, scale: float = 1.0, unit: str = "") -> str:
         if m != m:
             return "-"
         return f"{scale * m:.2f}{unit}" if h != h else f"{scale * m:.2f} ± {scale * h:.2f}{unit}"
 
+    lo, hi = r["paper_reduction_range"]
+    paper_red = (
+        f"{100 * r['paper_reduction']:.0f}%"
+        if r["paper_reduction"] is not None
+        else f"{100 * lo:.0f}-{100 * hi:.0f}% ({r['group']})"
+    )
+    return [
+        r["setting"],
+        f"{r['lambda']:g}",
+        str(r["l_out"]),
+        pm(r["petals_s"], r["petals_ci95"]),
+        pm(r["proposed_s"], r["proposed_ci95"]),
+        pm(r["reduction"], r["reduction_ci95"], 100, "%"),
+        pm(r["ttft_reduction"], float("nan"), 100, "%"),
+        f"{r['petals_with_delay_s']:.2f} / {r['proposed_with_delay_s']:.2f}",
+        f"{r['paper_petals_s']:.2f}" if r["paper_petals_s"] else "-",
+        f"{r['paper_proposed_s']:.2f}" if r["paper_proposed_s"] else "-",
+        paper_red,
+    ]
+
+
+def comparison_table(rows: list[dict[str, Any]], seeds: int) -> Table:
+    """A rich table of :func:`comparison_rows`."""
+    table = Table(title=f"Average per-token time (s), ours (mean ± 95 % CI over {seeds} seeds) vs the paper")
+    for col in COMPARISON_COLUMNS:
+        table.add_column(col, justify="left" if col == "setting" else "right")
     for r in rows:
-        lo, hi = r["paper_reduction_range"]
-        paper_red = (
-            f"{100 * r['paper_reduction']:.0f}%"
-            if r["paper_reduction"] is not None
-            else f"{100 * lo:.0f}-{100 * hi:.0f}% ({r['group']})"
-        )
-        table.add_row(
-            r["setting"],
-            f"{r['lambda']:g}",
-            str(r["l_out"]),
-            pm(r["petals_s"], r["petals_ci95"]),
-            pm(r["proposed_s"], r["proposed_ci95"]),
-            pm(r["reduction"], r["reduction_ci95"], 100, "%"),
-            pm(r["ttft_reduction"], float("nan"), 100, "%"),
-            f"{r['petals_with_delay_s']:.2f} / {r['proposed_with_delay_s']:.2f}",
-            f"{r['paper_petals_s']:.2f}" if r["paper_petals_s"] else "-",
-            f"{r['paper_proposed_s']:.2f}" if r["paper_proposed_s"] else "-",
-            paper_red,
-        )
+        table.add_row(*_comparison_cells(r))
     return table
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`comparison_rows` as a GitHub markdown table (the cells of :func:`comparison_table`)."""
+    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|" + "---:|" * (len(COMPARISON_COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_comparison_cells(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -76,8 +76,11 @@ def test_evaluate_writes_table_csv_json_png(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "vs petals" in out and "cg-bp-ws-rr" in out
-    for name in ("evaluation.csv", "evaluation.json", "evaluation.png"):
+    for name in ("evaluation.csv", "evaluation.json", "evaluation.png", "evaluation.md"):
         assert (tmp_path / name).stat().st_size > 0
+    markdown = (tmp_path / "evaluation.md").read_text().splitlines()
+    assert markdown[0].startswith("| setting | decider | seeds | per-token (s)")
+    assert any(line.startswith("| clustered-9 | cg-bp-ws-rr |") for line in markdown[2:])
 
 
 def test_reproduce_small_grid_beside_the_paper():
@@ -91,6 +94,9 @@ def test_reproduce_small_grid_beside_the_paper():
     assert row["reduction"] == pytest.approx(1 - row["proposed_s"] / row["petals_s"])
     assert row["petals_with_delay_s"] == pytest.approx(row["petals_s"] + 250 / 128)
     assert rp.comparison_table([row], 1).row_count == 1
+    header, rule, line = rp.comparison_markdown([row]).splitlines()
+    assert header.count("|") == rule.count("|") == line.count("|") == len(rp.COMPARISON_COLUMNS) + 1
+    assert line.startswith(f"| {setting.label} | 0.1 | 128 |") and "| 4.76 | 1.43 |" in line
 
 
 def test_solve_offline_methods(capsys):

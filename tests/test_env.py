@@ -522,17 +522,18 @@ def test_placement_levels_express_cg_bp_and_petals() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The README section's examples run
+# The README's environment examples run
 # --------------------------------------------------------------------------------------------------
 def test_readme_section_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "petalgym" / "envs" / "README_SECTION.md").read_text()
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    text = readme.split("## Gymnasium environments", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
     assert len(blocks) == 2 and len(blocks[0].strip().splitlines()) <= 13
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "README_SECTION.md", "exec"), namespace)
+        exec(compile(block, "README.md", "exec"), namespace)
     printed = capsys.readouterr().out.split()
     assert printed[:3] == ["mean", "per-token", "time:"] and 0.0 < float(printed[3]) < 10.0
     assert 0.0 < float(printed[-1]) < 10.0  # the trained policy's mean per-token time (s)

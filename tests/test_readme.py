@@ -26,3 +26,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
     _, tests = _commands()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci
+
+
+def test_quick_tour_runs(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text().split("## Quick tour (Python)", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert float(printed["cg-bp-ws-rr"]) < float(printed["petals"])
+    assert (tmp_path / "requests.csv").read_text().count("\n") > 10
