@@ -351,7 +351,11 @@ class ObservationBuilder:
         # per-server dynamic state, Python lists over the S servers
         if free is None:
             free = [c - s.used_bytes for c, s in zip(self._caps, servers, strict=True)]
-        n_sessions = [len(s.sessions) for s in servers]
+        n_sessions: list[int] = []
+        n_reserved: list[int] = []
+        for s in servers:  # one pass (hot path)
+            n_sessions.append(len(s.sessions))
+            n_reserved.append(len(s.reservations))
         inv_kv = 1.0 / kv
 
         head = [
@@ -408,7 +412,7 @@ class ObservationBuilder:
                         on_chain[h.server] = 1.0
                 self._last_flags = flags
                 self._last_is_route = is_route
-            dyn = np.array((free, free, n_sessions, [len(s.reservations) for s in servers]), dtype=float)
+            dyn = np.array((free, free, n_sessions, n_reserved), dtype=float)
             if "blocks" in v:
                 self._block_slots[:] = (dyn[0] @ self._cover_r) * inv_kv
             dyn *= self._dyn_scale
