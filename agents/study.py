@@ -188,6 +188,21 @@ AGENTS: dict[str, StudyAgent] = {
             shipped="ppo-placement-load",
             description="placement on clustered-9, one of 0.1, 1, 2, 4 requests/s per episode",
         ),
+        StudyAgent(
+            "ppo-placement-churn",
+            "PetalPlacement-v0",
+            "bellcanada-26-churn",
+            30_000,
+            description="placement on bellcanada-26-churn (not shipped: --train, about 4 minutes)",
+        ),
+        StudyAgent(
+            "ppo-routing-churn-fast",
+            "PetalRouting-v0",
+            "bellcanada-26-churn",
+            60_000,
+            overrides=dict(FAST_CHURN),
+            description="routing on bellcanada-26-churn, fast churn (not shipped: --train, about 5 minutes)",
+        ),
     )
 }
 
