@@ -7,6 +7,7 @@ Every method returns an :class:`~petalgym.offline.OfflineSolution` checked by
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,22 +16,17 @@ from petalgym.offline import OfflineInstance, OfflineSolution, evaluate
 from petalgym.perfmodel import Chain, Placement
 from petalgym.scenario import Scenario
 from petalgym.simulator import DecisionKind, Simulator
+from petalgym.swarm import ServerState
 
 #: Offline methods ``solve_offline`` knows.
 METHODS = ("cg-bprr", "milp", "petals")
 
 
-def petals_offline(scenario: Scenario, instance: OfflineInstance, seed: int = 0) -> OfflineSolution:
-    """PETALS on the offline problem: servers join in the seed's random order and choose blocks by
-    PETALS' rule (fixed cache budget), then the requests are routed one by one on PETALS' min-latency
-    chain given the cache the previous ones hold (a server whose budget cannot take the request gets the
-    10 s penalty). ``info["over_budget"]`` counts requests routed through a server beyond its PETALS
-    budget (they would wait for cache online). If the |R| sessions together exceed a server's whole
-    memory the status is "over-memory" (infeasible offline; ``info["memory_violation"]`` says where) and
-    the objective is the routes' time without the memory check."""
-    from petalgym.baselines.petals import PetalsDecider, min_latency_chain
+def petals_offline_placement(scenario: Scenario, seed: int = 0) -> list[ServerState]:
+    """Phase 1 of :func:`petals_offline`: every server joins in the seed's random order and chooses its
+    blocks by PETALS' rule (fixed cache budget); the servers' states after the last join."""
+    from petalgym.baselines.petals import PetalsDecider
 
-    t0 = time.perf_counter()
     sim = Simulator(scenario, seed)
     decider = PetalsDecider(rebalance=False)
     decider.reset(scenario, sim.decider_rng)
@@ -38,17 +34,26 @@ def petals_offline(scenario: Scenario, instance: OfflineInstance, seed: int = 0)
     while d is not None and d.kind == DecisionKind.PLACE:
         sim.apply(decider.place(sim.view, d.server), decider.name)
         d = sim.next_decision()
-    servers = sim.servers
-    placement = [Placement(s.start, s.num_blocks) for s in servers]
+    return sim.servers
+
+
+def petals_offline_routes(
+    scenario: Scenario, instance: OfflineInstance, servers: Sequence[ServerState]
+) -> tuple[list[tuple[int, Chain]], int]:
+    """Phase 2 of :func:`petals_offline`: the requests, client by client, routed one by one on PETALS'
+    min-latency chain given the cache the previous ones hold (a server whose budget cannot take the
+    request gets the 10 s penalty). Returns the (client, chain) pairs in routing order and the number of
+    requests routed through a server beyond its budget."""
+    from petalgym.baselines.petals import min_latency_chain
+
     spans = [(s.id, s.start, s.end) for s in servers]
     budget = np.array([s.cache_capacity for s in servers], dtype=np.int64)
     used = np.zeros(len(servers), dtype=np.int64)
     rps = [s.spec.profile.inference_rps for s in servers]
     p = scenario.petals
-    routes: dict[int, list[tuple[Chain, int]]] = {}
+    chains: list[tuple[int, Chain]] = []
     over = 0
     for c in range(instance.num_clients):
-        counts: dict[Chain, int] = {}
         rtt = [float(x) for x in instance.t[c] - scenario.overheads.token_overhead_s]
         for _ in range(int(instance.requests[c])):
             lacks = [(s.end - s.start) * instance.session_bytes > budget[s.id] - used[s.id] for s in servers]
@@ -66,8 +71,24 @@ def petals_offline(scenario: Scenario, instance: OfflineInstance, seed: int = 0)
             for h in chain:
                 used[h.server] += h.blocks * instance.session_bytes
             over += any(used[h.server] > budget[h.server] for h in chain)
-            counts[chain] = counts.get(chain, 0) + 1
-        routes[c] = sorted(counts.items(), key=lambda kv: -kv[1])
+            chains.append((c, chain))
+    return chains, over
+
+
+def petals_offline(scenario: Scenario, instance: OfflineInstance, seed: int = 0) -> OfflineSolution:
+    """PETALS on the offline problem: :func:`petals_offline_placement` then :func:`petals_offline_routes`.
+    ``info["over_budget"]`` counts requests routed through a server beyond its PETALS budget (they would
+    wait for cache online). If the |R| sessions together exceed a server's whole memory the status is
+    "over-memory" (infeasible offline; ``info["memory_violation"]`` says where) and the objective is the
+    routes' time without the memory check."""
+    t0 = time.perf_counter()
+    servers = petals_offline_placement(scenario, seed)
+    placement = [Placement(s.start, s.num_blocks) for s in servers]
+    chains, over = petals_offline_routes(scenario, instance, servers)
+    counts: dict[int, dict[Chain, int]] = {c: {} for c in range(instance.num_clients)}
+    for c, chain in chains:
+        counts[c][chain] = counts[c].get(chain, 0) + 1
+    routes = {c: sorted(items.items(), key=lambda kv: -kv[1]) for c, items in counts.items()}
     info: dict[str, object] = {"over_budget": over, "seed": seed}
     status = "heuristic"
     try:

@@ -23,11 +23,9 @@ from rich.table import Table
 
 from petalgym.baselines import petals as petals_module
 from petalgym.baselines.cg import cg_bp_placement, cg_bprr
-from petalgym.baselines.offline_solve import petals_offline
-from petalgym.baselines.petals import PetalsDecider, min_latency_chain
+from petalgym.baselines.offline_solve import petals_offline, petals_offline_placement, petals_offline_routes
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import Scenario, scenario_from_dict
-from petalgym.simulator import DecisionKind, Simulator
 
 
 def make_scenario(num_servers: int, seed: int = 0) -> Scenario:
@@ -59,44 +57,13 @@ def _median_time(fn, reps: int) -> float:
 
 
 def petals_phases(scenario: Scenario, instance: OfflineInstance, seed: int = 0) -> tuple[float, float, list]:
-    """The two phases of :func:`petals_offline`, timed apart: (placement s, routing s per request, chains).
-
-    Same calls in the same order as petals_offline (the chains are checked against its routes in main).
-    """
+    """The two phases of :func:`petals_offline`, timed apart: (placement s, routing s per request, chains)."""
     petals_module._clear_caches()
     t0 = time.perf_counter()
-    sim = Simulator(scenario, seed)
-    decider = PetalsDecider(rebalance=False)
-    decider.reset(scenario, sim.decider_rng)
-    d = sim.next_decision()
-    while d is not None and d.kind == DecisionKind.PLACE:
-        sim.apply(decider.place(sim.view, d.server), decider.name)
-        d = sim.next_decision()
+    servers = petals_offline_placement(scenario, seed)
     t_place = time.perf_counter() - t0
-    servers = sim.servers
-    spans = [(s.id, s.start, s.end) for s in servers]
-    budget = np.array([s.cache_capacity for s in servers], dtype=np.int64)
-    used = np.zeros(len(servers), dtype=np.int64)
-    rps = [s.spec.profile.inference_rps for s in servers]
-    p = scenario.petals
-    chains = []
     t0 = time.perf_counter()
-    for c in range(instance.num_clients):
-        rtt = [float(x) for x in instance.t[c] - scenario.overheads.token_overhead_s]
-        for _ in range(int(instance.requests[c])):
-            lacks = [(s.end - s.start) * instance.session_bytes > budget[s.id] - used[s.id] for s in servers]
-            _, chain = min_latency_chain(
-                spans,
-                instance.num_blocks,
-                rtt,
-                rps,
-                lacks,
-                overhead_s=p.hop_overhead_s,
-                penalty_s=p.lacking_cache_penalty_s,
-            )
-            for h in chain:
-                used[h.server] += h.blocks * instance.session_bytes
-            chains.append((c, chain))
+    chains, _ = petals_offline_routes(scenario, instance, servers)
     t_route = (time.perf_counter() - t0) / max(1, int(instance.requests.sum()))
     return t_place, t_route, chains
 
