@@ -29,6 +29,18 @@ BLOCK_GB = 1.0
 MAX_BLOCKS_TOTAL = 8
 
 
+def gpu_profile(memory_gb: float = 20.0, forward_rps: float = 3000.0, inference_rps: float = 300.0) -> dict:
+    """A GPU profile for hand-made scenarios (tau 5 ms per block, PETALS throughputs as given)."""
+    return {
+        "memory_gb": memory_gb,
+        "tau_ms": 5.0,
+        "prefill_tau_ms": {"per_token": 0.1, "base": 10.0},
+        "inference_rps": inference_rps,
+        "forward_rps": forward_rps,
+        "network_rps": 1e6,
+    }
+
+
 @st.composite
 def scenario_dicts(
     draw: st.DrawFn,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import gpu_profile
 
 from petalgym.baselines.petals import (
     PetalsDecider,
@@ -25,17 +26,6 @@ from petalgym.swarm import Request, ServerState, ServerStatus, SwarmView
 SMALL_MODEL = {"name": "tiny", "num_blocks": 8, "block_gb": 1.0, "d_model": 1024}
 
 
-def profile(memory_gb: float = 20.0, forward_rps: float = 3000.0, inference_rps: float = 300.0) -> dict:
-    return {
-        "memory_gb": memory_gb,
-        "tau_ms": 5.0,
-        "prefill_tau_ms": {"per_token": 0.1, "base": 10.0},
-        "inference_rps": inference_rps,
-        "forward_rps": forward_rps,
-        "network_rps": 1e6,
-    }
-
-
 def small_scenario(profiles: list[str], rtt_ms: list[float], num_blocks: int = 8, **petals) -> object:
     """A hand-made world: one client, one server per entry of ``profiles``, RTTs given per server."""
     return scenario_from_dict(
@@ -43,11 +33,11 @@ def small_scenario(profiles: list[str], rtt_ms: list[float], num_blocks: int = 8
             "model": {**SMALL_MODEL, "num_blocks": num_blocks},
             "gpu_profiles": {
                 # PETALS places 2 blocks on a 2.4 GB GPU (1 GB blocks): throughput 3 / 1.5 = 2, 4.5 / 1.5 = 3
-                "p2": profile(2.4, forward_rps=3.0, inference_rps=100.0),
-                "p3": profile(2.4, forward_rps=4.5, inference_rps=400.0),
-                "mid": profile(4.5),  # 4 blocks
-                "fast": profile(inference_rps=500.0),
-                "slow": profile(inference_rps=50.0),
+                "p2": gpu_profile(2.4, forward_rps=3.0, inference_rps=100.0),
+                "p3": gpu_profile(2.4, forward_rps=4.5, inference_rps=400.0),
+                "mid": gpu_profile(4.5),  # 4 blocks
+                "fast": gpu_profile(inference_rps=500.0),
+                "slow": gpu_profile(inference_rps=50.0),
             },
             "servers": [{"profile": p} for p in profiles],
             "network": {"kind": "matrix", "rtt_ms": [rtt_ms]},

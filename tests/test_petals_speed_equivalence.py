@@ -16,6 +16,7 @@ import petals_reference as ref
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import gpu_profile
 
 from petalgym.baselines import petals as fast
 from petalgym.errors import DeciderError
@@ -281,15 +282,6 @@ def test_min_latency_chain_unusual_inputs_fall_back_identically():
 # --------------------------------------------------------------------------------------------------
 # The decider: place, rebalance and route on random states of one view, mutated between decisions
 # --------------------------------------------------------------------------------------------------
-def gpu_profile(memory_gb: float, forward_rps: float, inference_rps: float) -> dict:
-    return {
-        "memory_gb": memory_gb,
-        "tau_ms": 5.0,
-        "prefill_tau_ms": {"per_token": 0.1, "base": 10.0},
-        "inference_rps": inference_rps,
-        "forward_rps": forward_rps,
-        "network_rps": 1e6,
-    }
 
 
 #: PETALS puts 2 blocks of 1 GB on a 2.4 GB GPU (throughput 3 / 1.5 = 2 for p2, 3 for p3), 4 on mid.
