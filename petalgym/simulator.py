@@ -95,6 +95,14 @@ class Decision:
     request: Request | None = None
     initial: bool = False  # PLACE during the initial deployment at t=0
 
+    def ask(self, decider: Decider, view: SwarmView) -> Any:
+        """``decider``'s answer to this decision: its route, place or rebalance, as the simulator asks."""
+        if self.kind == DecisionKind.ROUTE:
+            return decider.route(view, self.request)  # type: ignore[arg-type]
+        if self.kind == DecisionKind.PLACE:
+            return decider.place(view, self.server)
+        return decider.rebalance(view, self.server)
+
 
 @dataclass
 class SimulationResult:
@@ -362,17 +370,11 @@ class Simulator:
         # scheduled yet (servers come online when the first PLACE decisions are applied below)
         self.rebalance_period_s = decider.rebalance_period_s
         view = self.view
-        route, place, rebalance = decider.route, decider.place, decider.rebalance
         name = decider.name
         clock = time.perf_counter
         while (d := self.next_decision()) is not None:
             c0 = clock()
-            if d.kind == DecisionKind.ROUTE:
-                ans = route(view, d.request)
-            elif d.kind == DecisionKind.PLACE:
-                ans = place(view, d.server)
-            else:
-                ans = rebalance(view, d.server)
+            ans = d.ask(decider, view)
             decide += clock() - c0
             self.apply(ans, name)
         return self.result(name, wall_s=time.perf_counter() - t0, decide_s=decide)

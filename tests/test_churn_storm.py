@@ -87,14 +87,9 @@ def run_storm(
         if sim.in_flight == 0 and sim.requests:
             assert_no_leak(sim)
             idle_checks += 1
-        if d.kind == DecisionKind.ROUTE:
-            answer = decider.route(view, d.request)
-        elif d.kind == DecisionKind.PLACE:
+        if d.kind == DecisionKind.PLACE:
             places[d.server] += 1
-            answer = decider.place(view, d.server)
-        else:
-            answer = decider.rebalance(view, d.server)
-        sim.apply(answer, decider.name)
+        sim.apply(d.ask(decider, view), decider.name)
     return sim, places, idle_checks
 
 

@@ -15,7 +15,7 @@ from strategies import RandomFeasibleDecider, check_server_memory, small_scenari
 from petalgym.deciders import Route
 from petalgym.perfmodel import chain_errors
 from petalgym.scenario import Scenario, scenario_from_dict
-from petalgym.simulator import DecisionKind, Simulator
+from petalgym.simulator import Simulator
 from petalgym.swarm import Request, RequestStatus, ServerState, ServerStatus, SwarmView, earliest_start
 
 FINAL = (RequestStatus.COMPLETED, RequestStatus.FAILED)
@@ -115,12 +115,7 @@ def test_conservation_at_random_stop_points(sc, seed, wait, period, stops):
     marks = set(itertools.accumulate(stops))
     n = 0
     while (d := sim.next_decision()) is not None:
-        if d.kind == DecisionKind.ROUTE:
-            sim.apply(dec.route(sim.view, d.request))
-        elif d.kind == DecisionKind.PLACE:
-            sim.apply(dec.place(sim.view, d.server))
-        else:
-            sim.apply(dec.rebalance(sim.view, d.server))
+        sim.apply(d.ask(dec, sim.view))
         n += 1
         if n in marks:
             assert_conserved(sim)

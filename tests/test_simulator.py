@@ -18,7 +18,7 @@ from petalgym.deciders import Decider, Route, ShortestChainDecider
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Hop, Placement, TimeModel, shortest_chain
 from petalgym.scenario import Scenario, Trace, load_scenario, scenario_from_dict, with_workload
-from petalgym.simulator import DecisionKind, Simulator, simulate
+from petalgym.simulator import Simulator, simulate
 from petalgym.swarm import Request, RequestStatus, SwarmView
 
 PROFILES = {
@@ -519,12 +519,7 @@ def test_ask_tell_loop_matches_run(churny):
     sim = Simulator(churny, seed=4)
     dec.reset(churny, sim.decider_rng)
     while (d := sim.next_decision()) is not None:
-        if d.kind == DecisionKind.ROUTE:
-            sim.apply(dec.route(sim.view, d.request))
-        elif d.kind == DecisionKind.PLACE:
-            sim.apply(dec.place(sim.view, d.server))
-        else:
-            sim.apply(dec.rebalance(sim.view, d.server))
+        sim.apply(d.ask(dec, sim.view))
     by_hand = sim.result("shortest").records()
     assert same_records(by_hand, Simulator(churny, seed=4).run(ShortestChainDecider()).records())
 

@@ -69,10 +69,7 @@ class DeciderPolicy:
         if self._episode != env.episode_id:
             self.decider.reset(env.scenario, env.fresh_decider_rng())
             self._episode = env.episode_id
-        d = pending.decision
-        if d.kind == DecisionKind.ROUTE:
-            return self.decider.route(env.view, d.request)
-        return self.decider.place(env.view, d.server)
+        return pending.decision.ask(self.decider, env.view)
 
     def __call__(self, observation: Any = None, action_mask: np.ndarray | None = None) -> int:
         """The action index expressing the decider's answer to the pending decision."""

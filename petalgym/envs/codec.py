@@ -183,11 +183,7 @@ class DecisionCodec:
 
     def ask_builtin(self, view: SwarmView, decision: Decision) -> Any:
         """The built-in decider's answer to ``decision`` (exactly what Simulator.run would ask)."""
-        if decision.kind == DecisionKind.ROUTE:
-            return self.builtin.route(view, decision.request)
-        if decision.kind == DecisionKind.PLACE:
-            return self.builtin.place(view, decision.server)
-        return self.builtin.rebalance(view, decision.server)
+        return decision.ask(self.builtin, view)
 
     def prepare(self, view: SwarmView, decision: Decision, answer: Any) -> Pending | None:
         """The :class:`Pending` decision offered to the agent, given the built-in ``answer``; None if there
