@@ -14,7 +14,6 @@ CG-BP + WS-RR (common random numbers), with 95 % Student-t confidence intervals.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 from petalgym.agents.config import TEST_SEED_LIMIT
 from petalgym.errors import PetalgymError
-from petalgym.evaluation import DeciderSpec, Evaluation, evaluate
+from petalgym.evaluation import DeciderSpec, Evaluation, evaluate, format_pm
 
 #: The churn of ``bellcanada-26-churn`` made faster: online ~10 min, offline ~5 min (a third offline).
 FAST_CHURN: dict[str, Any] = {
@@ -312,26 +311,28 @@ def summary_rows(ev: Evaluation) -> list[dict[str, Any]]:
     return out
 
 
-def _pm(mean: float | None, half: float | None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    if half is None or (isinstance(half, float) and math.isnan(half)):
-        return f"{scale * mean:.{digits}f}{unit}"
-    return f"{scale * mean:.{digits}f} ± {scale * half:.{digits}f}{unit}"
+#: Columns of :func:`summary_cells` (the study's tables).
+SUMMARY_COLUMNS = ("setting", "decider", "seeds", "per-token (s)", "wait (s)", "failed", "vs CG-BP + WS-RR")
+
+
+def summary_cells(r: dict[str, Any]) -> list[str]:
+    """One :func:`summary_rows` row as formatted cells (:data:`SUMMARY_COLUMNS`): mean ± 95 % CI."""
+    red = "-" if r["decider"] == REFERENCE else format_pm(r["reduction"], r["reduction_ci95"], 1, 100.0, " %")
+    return [
+        r["setting"],
+        r["decider"],
+        str(r["n"]),
+        format_pm(r["per_token_s"], r["per_token_ci95"], 3),
+        format_pm(r["wait_s"], r["wait_ci95"], 2),
+        format_pm(r["failed"], r["failed_ci95"], 1),
+        red,
+    ]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary rows as a GitHub markdown table (mean ± 95 % CI over the seeds)."""
-    lines = [
-        "| setting | decider | seeds | per-token (s) | wait (s) | failed | vs CG-BP + WS-RR |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        red = "-" if r["decider"] == REFERENCE else _pm(r["reduction"], r["reduction_ci95"], 1, 100.0, " %")
-        lines.append(
-            f"| {r['setting']} | {r['decider']} | {r['n']} | {_pm(r['per_token_s'], r['per_token_ci95'])} | "
-            f"{_pm(r['wait_s'], r['wait_ci95'], 2)} | {_pm(r['failed'], r['failed_ci95'], 1)} | {red} |"
-        )
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -351,6 +352,7 @@ __all__ = [
     "FAST_CHURN",
     "REFERENCE",
     "SETTINGS",
+    "SUMMARY_COLUMNS",
     "TUNED",
     "StudyAgent",
     "StudySetting",
@@ -358,6 +360,7 @@ __all__ = [
     "markdown_table",
     "model_path",
     "replace_between_markers",
+    "summary_cells",
     "summary_rows",
     "train_agent",
 ]

@@ -64,23 +64,10 @@ def main() -> None:
     )
     rows = study.summary_rows(ev)
     table = Table(title=f"Learned agents vs baselines: mean ± 95 % CI over {args.seeds} held-out seeds")
-    for col in ("setting", "decider", "seeds", "per-token (s)", "wait (s)", "failed", "vs CG-BP + WS-RR"):
+    for col in study.SUMMARY_COLUMNS:
         table.add_column(col, justify="left" if col in ("setting", "decider") else "right")
     for r in rows:
-        red = (
-            "-"
-            if r["decider"] == study.REFERENCE
-            else study._pm(r["reduction"], r["reduction_ci95"], 1, 100.0, " %")
-        )
-        table.add_row(
-            r["setting"],
-            r["decider"],
-            str(r["n"]),
-            study._pm(r["per_token_s"], r["per_token_ci95"]),
-            study._pm(r["wait_s"], r["wait_ci95"], 2),
-            study._pm(r["failed"], r["failed_ci95"], 1),
-            red,
-        )
+        table.add_row(*study.summary_cells(r))
     console.print(table)
     console.print(
         f"[dim]evaluated in {time.perf_counter() - t0:.0f} s; models: "

@@ -217,10 +217,10 @@ class Evaluation:
         for agg in self.aggregate():
             cells = [agg["setting"], agg["decider"], str(agg["n"])]
             for m in self.metrics:
-                cells.append(_pm(agg[m], agg[f"{m}_ci95"]))
+                cells.append(format_pm(agg[m], agg[f"{m}_ci95"]))
             if self.reference:
                 red = agg.get("reduction")
-                cells.append("-" if red is None else _pm(100 * red, 100 * agg["reduction_ci95"], "%"))
+                cells.append("-" if red is None else format_pm(red, agg["reduction_ci95"], None, 100, "%"))
             rows.append(cells)
         return header, rows
 
@@ -334,13 +334,19 @@ def evaluate(
     return Evaluation(rows, reference=reference)
 
 
-def _pm(mean: float, half: float, unit: str = "") -> str:
+def format_pm(
+    mean: float | None, half: float | None, digits: int | None = None, scale: float = 1.0, unit: str = ""
+) -> str:
+    """``"mean ± half"`` (both times ``scale``) with ``digits`` decimals (default: 3 below 100, else 1);
+    ``"-"`` for a missing or NaN mean, no ``±`` part for a missing or NaN half-width."""
     if mean is None or math.isnan(mean):
         return "-"
-    digits = 3 if abs(mean) < 100 else 1
+    m = scale * mean
+    if digits is None:
+        digits = 3 if abs(m) < 100 else 1
     if half is None or math.isnan(half):
-        return f"{mean:.{digits}f}{unit}"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}{unit}"
+        return f"{m:.{digits}f}{unit}"
+    return f"{m:.{digits}f} ± {scale * half:.{digits}f}{unit}"
 
 
 def _nan_to_none(obj: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from petalgym.evaluation import DeciderSpec, Evaluation, RunSpec, confidence_interval, run_grid
+from petalgym.evaluation import DeciderSpec, Evaluation, RunSpec, confidence_interval, format_pm, run_grid
 from petalgym.scenario import load_scenario
 
 PROPOSED = "cg-bp-ws-rr"
@@ -156,11 +156,6 @@ COMPARISON_COLUMNS = (
 def _comparison_cells(r: dict[str, Any]) -> list[str]:
     """One row of :func:`comparison_rows` as formatted cells (:data:`COMPARISON_COLUMNS`)."""
 
-    def pm(m: float, h: float, scale: float = 1.0, unit: str = "") -> str:
-        if m != m:
-            return "-"
-        return f"{scale * m:.2f}{unit}" if h != h else f"{scale * m:.2f} ± {scale * h:.2f}{unit}"
-
     lo, hi = r["paper_reduction_range"]
     paper_red = (
         f"{100 * r['paper_reduction']:.0f}%"
@@ -171,10 +166,10 @@ def _comparison_cells(r: dict[str, Any]) -> list[str]:
         r["setting"],
         f"{r['lambda']:g}",
         str(r["l_out"]),
-        pm(r["petals_s"], r["petals_ci95"]),
-        pm(r["proposed_s"], r["proposed_ci95"]),
-        pm(r["reduction"], r["reduction_ci95"], 100, "%"),
-        pm(r["ttft_reduction"], float("nan"), 100, "%"),
+        format_pm(r["petals_s"], r["petals_ci95"], 2),
+        format_pm(r["proposed_s"], r["proposed_ci95"], 2),
+        format_pm(r["reduction"], r["reduction_ci95"], 2, 100, "%"),
+        format_pm(r["ttft_reduction"], None, 2, 100, "%"),
         f"{r['petals_with_delay_s']:.2f} / {r['proposed_with_delay_s']:.2f}",
         f"{r['paper_petals_s']:.2f}" if r["paper_petals_s"] else "-",
         f"{r['paper_proposed_s']:.2f}" if r["paper_proposed_s"] else "-",
