@@ -51,6 +51,7 @@ import numpy as np
 import pulp
 
 from petalgym.deciders import ShortestChainDecider
+from petalgym.design import design_num_sessions
 from petalgym.errors import SolverError
 from petalgym.offline import OfflineInstance, OfflineSolution, evaluate, lower_bound_gap
 from petalgym.perfmodel import Chain, Hop, Placement
@@ -862,15 +863,6 @@ def lp_relaxation_bound(
 # --------------------------------------------------------------------------------------------------
 # Decider
 # --------------------------------------------------------------------------------------------------
-_CACHE: dict[tuple, OfflineSolution] = {}
-_CACHE_MAX = 64
-
-
-def clear_milp_cache() -> None:
-    """Forget every offline solution cached by :class:`MILPDecider`."""
-    _CACHE.clear()
-
-
 def instance_key(instance: OfflineInstance) -> str:
     """A content fingerprint of an instance (same numbers -> same key)."""
     inst = instance
@@ -888,11 +880,12 @@ class MILPDecider(ShortestChainDecider):
     At reset it solves the offline problem (:func:`solve_milp`) for the scenario's servers and clients
     with |R| = ``num_sessions`` requests (split over clients by weight; l_in, l_out = the workload's mean
     lengths rounded half up). ``num_sessions=None`` uses CG-BP's design |R| (the paper's rule
-    min(round(lambda T_1 + sqrt(lambda T_1)), R_max), :func:`petalgym.baselines.cg.design_num_sessions`),
+    min(round(lambda T_1 + sqrt(lambda T_1)), R_max), :func:`petalgym.design.design_num_sessions`),
     so "milp" and "cg-bp-ws-rr" plan for the same concurrency; ``max_sessions`` optionally caps it.
     ``place()`` returns the optimal spans (all memory left for cache); ``route()`` takes the chain with
     the least request time on the ONLINE servers and waits for cache (like the "shortest" decider).
-    Offline solutions are cached by instance content (so repeated seeds do not re-solve); a time limit
+    The offline solution is kept with the scenario (:meth:`~petalgym.scenario.Scenario.memo`, keyed by
+    instance content, solver and time limit), so the seeds of one evaluation solve it once; a time limit
     with an incumbent uses the incumbent (``self.solution.status == "feasible"``).
     """
 
@@ -921,15 +914,11 @@ class MILPDecider(ShortestChainDecider):
         self.solution: OfflineSolution | None = None
         self.sessions: int | None = None
 
-    def _solve(self, inst: OfflineInstance) -> OfflineSolution:
-        key = (instance_key(inst), self.solver, self.time_limit_s)
-        sol = _CACHE.get(key)
-        if sol is None:
-            sol = solve_milp(inst, self.solver, self.time_limit_s, threads=self.threads)
-            if len(_CACHE) >= _CACHE_MAX:
-                _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = sol
-        return sol
+    def _solve(self, scenario: Scenario, inst: OfflineInstance) -> OfflineSolution:
+        key = ("milp.solution", instance_key(inst), self.solver, self.time_limit_s)
+        return scenario.memo(
+            key, lambda: solve_milp(inst, self.solver, self.time_limit_s, threads=self.threads)
+        )
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         super().reset(scenario, rng)
@@ -937,14 +926,14 @@ class MILPDecider(ShortestChainDecider):
         self._cache_version = -1
         r = self.num_sessions
         if r is None:
-            from petalgym.baselines.cg import design_num_sessions
-
             r = design_num_sessions(scenario)
         if self.max_sessions is not None:
             r = min(r, self.max_sessions)
         self.sessions = r
         l_in, l_out = scenario.workload.mean_lengths()
-        self.solution = self._solve(OfflineInstance.from_scenario(scenario, r, l_in=l_in, l_out=l_out))
+        self.solution = self._solve(
+            scenario, OfflineInstance.from_scenario(scenario, r, l_in=l_in, l_out=l_out)
+        )
 
     def place(self, view: SwarmView, server: int) -> Placement:
         if self.solution is None:
@@ -964,7 +953,6 @@ __all__ = [
     "build_milp",
     "build_routing_ilp",
     "cache_slots_left",
-    "clear_milp_cache",
     "greedy_placement",
     "identical_server_groups",
     "instance_key",

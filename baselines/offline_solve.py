@@ -44,8 +44,9 @@ def petals_offline_routes(
     min-latency chain given the cache the previous ones hold (a server whose budget cannot take the
     request gets the 10 s penalty). Returns the (client, chain) pairs in routing order and the number of
     requests routed through a server beyond its budget."""
-    from petalgym.baselines.petals import min_latency_chain
+    from petalgym.baselines.petals import PetalsMemo, min_latency_chain
 
+    memo = PetalsMemo()
     spans = [(s.id, s.start, s.end) for s in servers]
     budget = np.array([s.cache_capacity for s in servers], dtype=np.int64)
     used = np.zeros(len(servers), dtype=np.int64)
@@ -65,6 +66,7 @@ def petals_offline_routes(
                 lacks,
                 overhead_s=p.hop_overhead_s,
                 penalty_s=p.lacking_cache_penalty_s,
+                memo=memo,
             )
             if not chain:
                 raise SolverError(f"petals: no chain covers all {instance.num_blocks} blocks")

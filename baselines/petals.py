@@ -26,23 +26,25 @@ announces OFFLINE as it shuts down); the random 0-10 s block-selection delay is 
 in the simulator's seeded random order); a recovery is routed to the last block, not only to the end of
 the lost span.
 
-Speed (same results, bit for bit, as the literal code kept in tests/petals_reference.py; checked by
+Speed (same results, bit for bit, as the literal code kept in tests/petals_reference.py, the oracle of
 tests/test_petals_speed_equivalence.py): the min-latency chain is computed by a position-by-position numpy
-pass plus dijkstar's tie-breaking rule (:func:`_route_fast`) instead of building the graph and running
+pass plus dijkstar's tie-breaking rule (:func:`_route_costs`) instead of building the graph and running
 Dijkstra; the decider keeps T up to date between decisions (:class:`_ServingThroughputs`) instead of
 re-summing every server; choose_best_start counts copies of the smallest values instead of sorting every
-window; and exact memos (keyed on the bytes of the inputs) answer the questions a swarm that does not move
-keeps asking (routes, best starts, turns of the balance simulation).
+window; and exact memos (:class:`PetalsMemo`, owned by the decider; keyed on the bytes of the inputs)
+answer the questions a swarm that does not move keeps asking (routes, best starts, turns of the balance
+simulation). Inputs no valid scenario produces (NaN throughputs, negative or infinite costs, repeated
+servers, spans outside 0..L) raise DeciderError.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import struct
 import warnings
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from functools import cmp_to_key
 from itertools import count
 
 import numpy as np
@@ -78,10 +80,6 @@ def petals_throughput(profile: GpuProfile, num_blocks: int) -> float:
     return min(profile.forward_rps / average_blocks_used, profile.network_rps)
 
 
-#: From this many spans on, :func:`block_throughputs` sums with one numpy call instead of a Python loop.
-_VECTOR_MIN_SPANS = 24
-
-
 def _ordered_sums(rows: np.ndarray) -> np.ndarray:
     """Column sums of ``rows`` added strictly row after row (row 0 first), as a Python loop would.
 
@@ -95,19 +93,20 @@ def block_throughputs(spans: Iterable[ThroughputSpan], num_blocks: int) -> np.nd
     """T_b for b in 0..L-1: sum of the throughputs of the servers hosting b (PETALS' ``compute_spans``).
 
     Servers are added in server order, as PETALS sorts peers, so equal sets of servers give bit-identical
-    sums (PETALS relies on that to avoid spurious moves). Large swarms are summed by
-    :func:`_ordered_sums` over a (1 + spans) x L matrix whose row 0 is +0.0 and row k holds span k's
-    throughput on its blocks and +0.0 elsewhere: adding +0.0 leaves every partial sum unchanged, so each
-    T_b is the same sequence of additions as the loop, bit for bit.
+    sums (PETALS relies on that to avoid spurious moves). Summed by :func:`_ordered_sums` over a
+    (1 + spans) x L matrix whose row 0 is +0.0 and row k holds span k's throughput on its blocks and +0.0
+    elsewhere: adding +0.0 leaves every partial sum unchanged, so each T_b is the same sequence of
+    additions as PETALS' loop, bit for bit.
     """
     ordered = sorted(spans)
-    t = np.zeros(num_blocks)
-    if len(ordered) < _VECTOR_MIN_SPANS or not all(
-        type(a) is int and type(e) is int and 0 <= a <= e <= num_blocks for _, a, e, _ in ordered
-    ):
-        for _, a, e, thr in ordered:
-            t[a:e] += thr
-        return t
+    for j, a, e, thr in ordered:
+        if not (0 <= a <= e <= num_blocks) or math.isnan(thr):
+            raise DeciderError(
+                f"petals: server {j} spans blocks [{a}, {e}) with throughput {thr!r}; expected blocks "
+                f"inside 0..{num_blocks} and a number"
+            )
+    if not ordered:
+        return np.zeros(num_blocks)
     first = np.array([a for _, a, _, _ in ordered])
     end = np.array([e for _, _, e, _ in ordered])
     thr = np.array([x for _, _, _, x in ordered], dtype=float)
@@ -115,13 +114,6 @@ def block_throughputs(spans: Iterable[ThroughputSpan], num_blocks: int) -> np.nd
     rows = np.zeros((len(ordered) + 1, num_blocks))
     rows[1:] = np.where((blocks >= first[:, None]) & (blocks < end[:, None]), thr[:, None], 0.0)
     return _ordered_sums(rows)
-
-
-def _choose_best_start_reference(throughputs: Sequence[float] | np.ndarray, num_blocks: int) -> int:
-    """The rule as literally stated (kept for inputs holding NaN, whose comparisons are not an order)."""
-    t = [float(x) for x in throughputs]
-    options = ((sorted(t[i : i + num_blocks]), i) for i in range(len(t) - num_blocks + 1))
-    return min(options)[-1]
 
 
 def _best_start(t: list[float], m: int) -> int:
@@ -167,8 +159,8 @@ def choose_best_start(throughputs: Sequence[float] | np.ndarray, num_blocks: int
     t = [float(x) for x in throughputs]
     if not 1 <= num_blocks <= len(t):
         raise DeciderError(f"petals: cannot place {num_blocks} blocks in a model of {len(t)} blocks")
-    if any(x != x for x in t):  # NaN: keep the literal rule's (order-dependent) answer
-        return _choose_best_start_reference(t, num_blocks)
+    if any(x != x for x in t):
+        raise DeciderError("petals: block throughputs hold NaN (no order to choose blocks by)")
     return _best_start(t, num_blocks)
 
 
@@ -180,6 +172,7 @@ def should_choose_other_blocks(
     rng: np.random.Generator,
     *,
     throughputs: np.ndarray | None = None,
+    memo: PetalsMemo | None = None,
 ) -> bool:
     """PETALS' balance check for server ``local`` (block_selection.py, same arithmetic).
 
@@ -188,11 +181,13 @@ def should_choose_other_blocks(
     until nobody moves) greedily re-choose its window; move only if min(T_before) / min(T_after) <
     balance_quality - eps. ``spans`` lists the JOINING/ONLINE servers with their throughputs;
     ``throughputs``, if given, must be ``block_throughputs(spans, num_blocks)`` (a caller that keeps it
-    up to date saves recomputing it; it is not modified). Computed by :class:`_BalanceCheck`.
+    up to date saves recomputing it; it is not modified). ``memo``: exact memos to reuse (a decider's).
+    Computed by :class:`_BalanceCheck`.
     """
     if balance_quality > 1.0:
         return True  # PETALS: forces rebalancing on each check
-    return _BalanceCheck(spans, num_blocks, throughputs).run(local, balance_quality, rng)
+    check = _BalanceCheck(spans, num_blocks, throughputs, memo or PetalsMemo())
+    return check.run(local, balance_quality, rng)
 
 
 class _BalanceCheck:
@@ -200,57 +195,65 @@ class _BalanceCheck:
 
     What depends on the spans only (their order, T) is computed once; :meth:`run` then does one check.
     T is updated in a list of Python floats: each ``T[b] -= x`` is the same IEEE operation as numpy's
-    in-place slice update. Spans outside 0..L, non-finite throughputs, or values large enough to
-    overflow take :func:`_should_choose_other_blocks_numpy`, the original numpy code, unchanged.
+    in-place slice update. Spans outside 0..L, empty spans, non-finite throughputs, or values large
+    enough to overflow raise DeciderError.
     """
 
-    __slots__ = ("L", "fast", "given", "initial", "order", "pos", "servers", "t", "throughputs", "turns")
+    __slots__ = ("L", "given", "initial", "memo", "order", "pos", "ready", "servers", "t", "turns")
 
-    def __init__(self, spans: Sequence[ThroughputSpan], num_blocks: int, throughputs: np.ndarray | None):
+    def __init__(
+        self,
+        spans: Sequence[ThroughputSpan],
+        num_blocks: int,
+        throughputs: np.ndarray | None,
+        memo: PetalsMemo,
+    ):
         # compute_spans inserts peers by first block, then in peer order
         self.order = sorted(spans, key=lambda s: (s[1], s[0]))
         self.pos: dict[int, tuple] = {j: (a, e - a, thr) for j, a, e, thr in self.order}
         self.L = num_blocks
         self.given = throughputs
-        self.fast: bool | None = None  # decided on the first run (after the local server is checked)
+        self.memo = memo
+        self.ready = False  # T and the constants are computed on the first run
 
     def _prepare(self) -> None:
         """T and the per-server constants, computed on the first run."""
         order = self.order
-        if self.given is None:
-            self.throughputs = block_throughputs(order, self.L)
-        else:
-            self.throughputs = np.array(self.given, dtype=float)
-        t = self.t = self.throughputs.tolist()
+        throughputs = (
+            block_throughputs(order, self.L) if self.given is None else np.array(self.given, dtype=float)
+        )
+        t = self.t = throughputs.tolist()
         L = len(t)
-        self.fast = (
+        valid = (
             all([a >= 0 and e - a >= 1 and e <= L and math.isfinite(thr) for _, a, e, thr in order])
             and all(map(math.isfinite, t))
             # every T_b stays within max|T| + 3 sum|thr| (x 1.001): no overflow, so no inf and no NaN
             and max(map(abs, t), default=0.0) + 4 * sum([abs(s[3]) for s in order]) < 1e300
         )
-        if self.fast:
-            eps = BALANCE_EPS
-            self.initial = min(t)
-            self.servers = [j for j, _, _, _ in order]
-            # per server: m, thr, thr x (1 + eps), thr x eps
-            self.turns = {j: (m, thr, thr * (1 + eps), thr * eps) for j, (_, m, thr) in self.pos.items()}
+        if not valid:
+            raise DeciderError(
+                "petals: the balance check needs spans of >= 1 block inside 0..L and finite throughputs "
+                f"(of magnitude < 1e300), got {order!r}"
+            )
+        eps = BALANCE_EPS
+        self.initial = min(t)
+        self.servers = [j for j, _, _, _ in order]
+        # per server: m, thr, thr x (1 + eps), thr x eps
+        self.turns = {j: (m, thr, thr * (1 + eps), thr * eps) for j, (_, m, thr) in self.pos.items()}
+        self.ready = True
 
     def run(self, local: int, balance_quality: float, rng: np.random.Generator) -> bool:
         """The check for server ``local`` (``balance_quality`` <= 1; above, PETALS always moves)."""
         pos = self.pos
         if local not in pos:
             raise DeciderError(f"petals: server {local} is not among the serving servers {sorted(pos)}")
-        if self.fast is None:
+        if not self.ready:
             self._prepare()
-        if not self.fast:
-            lists = {j: [a, e - a, thr] for j, a, e, thr in self.order}
-            t_copy = self.throughputs.copy()
-            return _should_choose_other_blocks_numpy(self.order, lists, local, t_copy, balance_quality, rng)
         t = list(self.t)
         initial_throughput = self.initial
         eps = BALANCE_EPS
-        best = _best_start_memo
+        memo = self.memo
+        best = memo.best_start
 
         a, m, thr = pos[local]
         x = thr * (1 + eps)
@@ -270,8 +273,8 @@ class _BalanceCheck:
         # start, m and thr: memoised on T's bytes (a swarm that does not move replays the same turns
         # check after check). thr = 0 is not memoised (+0.0 and -0.0 are equal keys but may round
         # differently).
-        servers, turns, memo = self.servers, self.turns, _balance_turns
-        codec = _codec(len(t))
+        servers, turns, turn_memo = self.servers, self.turns, memo.balance_turns
+        codec = memo.codec(len(t))
         state = codec.pack(*t)
         moved = True
         rounds = 0
@@ -284,7 +287,7 @@ class _BalanceCheck:
                 m, thr, remove, keep = turns[j]
                 a = starts[j]
                 key = (state, a, m, thr)
-                turn = memo.get(key)
+                turn = turn_memo.get(key)
                 if turn is None:
                     t = list(codec.unpack(state))
                     t[a : a + m] = [v - remove for v in t[a : a + m]]
@@ -293,9 +296,9 @@ class _BalanceCheck:
                     t[new_start : new_start + m] = [v + thr for v in t[new_start : new_start + m]]
                     turn = (codec.pack(*t), new_start)
                     if thr != 0.0:
-                        if len(memo) >= _BALANCE_TURNS_SIZE:
-                            memo.clear()
-                        memo[key] = turn
+                        if len(turn_memo) >= _BALANCE_TURNS_SIZE:
+                            turn_memo.clear()
+                        turn_memo[key] = turn
                 state, new_start = turn
                 if a != new_start:
                     starts[j] = new_start
@@ -307,85 +310,94 @@ class _BalanceCheck:
         return bool(initial_throughput / new_throughput < balance_quality - eps)
 
 
-def _should_choose_other_blocks_numpy(
-    order: list[ThroughputSpan],
-    pos: dict[int, list],
-    local: int,
-    throughputs: np.ndarray,
-    balance_quality: float,
-    rng: np.random.Generator,
-) -> bool:
-    """The rest of :func:`should_choose_other_blocks` as originally written, on a numpy T (any input)."""
-    initial_throughput = throughputs.min()
-    eps = BALANCE_EPS
-
-    a, m, thr = pos[local]
-    throughputs[a : a + m] -= thr * (1 + eps)
-    if initial_throughput > eps and throughputs.min() <= 0:
-        return False  # moving would make the swarm disjoint
-    new_start = choose_best_start(throughputs, m)
-    if new_start == a:
-        return False  # already at its best place
-    throughputs[a : a + m] += thr * eps
-    pos[local][0] = new_start
-    throughputs[new_start : new_start + m] += thr
-
-    servers = [j for j, _, _, _ in order]
-    moved = True
-    rounds = 0
-    while moved and rounds < MAX_BALANCE_ROUNDS:
-        rounds += 1
-        shuffled = list(servers)
-        rng.shuffle(shuffled)
-        moved = False
-        for j in shuffled:
-            a, m, thr = pos[j]
-            throughputs[a : a + m] -= thr * (1 + eps)
-            new_start = choose_best_start(throughputs, m)
-            throughputs[a : a + m] += thr * eps
-            if a != new_start:
-                pos[j][0] = new_start
-                moved = True
-            throughputs[new_start : new_start + m] += thr
-
-    new_throughput = throughputs.min()
-    if new_throughput < initial_throughput or new_throughput < eps:
-        return False
-    return bool(initial_throughput / new_throughput < balance_quality - eps)
-
-
-#: Answers of :func:`_best_start_memo` by (T's bytes, m); emptied beyond this many entries.
+#: Entries kept by each memo of :class:`PetalsMemo` before it is emptied (bounds memory on long runs).
 _BEST_START_MEMO_SIZE = 16384
-_best_starts: dict[tuple[bytes, int], int] = {}
-#: Turns of the balance simulation by (T's bytes, start, m, thr); emptied beyond this many entries.
 _BALANCE_TURNS_SIZE = 8192
-_balance_turns: dict[tuple[bytes, int, int, float], tuple[bytes, int]] = {}
-#: struct codecs of L doubles, by L.
-_codecs: dict[int, struct.Struct] = {}
+_GRAPH_CACHE_SIZE = 64
+#: Bytes the route memo may hold (its keys' bytes plus ~200 per answer) before it is emptied.
+_ROUTE_MEMO_BYTES = 32 * 2**20
 
 
-def _codec(length: int) -> struct.Struct:
-    """The struct packing ``length`` doubles (exact bits), cached."""
-    codec = _codecs.get(length)
-    if codec is None:
-        codec = _codecs[length] = struct.Struct(f"<{length}d")
-    return codec
+class PetalsMemo:
+    """Exact memos of PETALS' rules, owned by one :class:`PetalsDecider` (or made for one call).
 
-
-def _best_start_memo(t: list[float], m: int) -> int:
-    """:func:`_best_start` of a list of finite floats, 1 <= m <= len(t), memoised on (T's bytes, m).
-
-    The answer is a function of the values; the balance checks of a swarm that does not move keep meeting
-    the same T (about 95 % of the calls on bellcanada-26).
+    ``best_starts`` (T's bytes, m) -> start; ``balance_turns`` (T's bytes, start, m, thr) -> (T', start');
+    ``graphs`` (spans, L, start) -> :class:`_RoutingGraph`; ``routes`` (graph, cost arrays' bytes) ->
+    (cost, chain). Each answer is a pure function of its key, so results never depend on what is kept.
     """
-    key = (_codec(len(t)).pack(*t), m)
-    start = _best_starts.get(key)
-    if start is None:
-        start = _best_start(t, m)
-        if len(_best_starts) >= _BEST_START_MEMO_SIZE:
-            _best_starts.clear()
-        _best_starts[key] = start
-    return start
+
+    def __init__(self) -> None:
+        self.best_starts: dict[tuple[bytes, int], int] = {}
+        self.balance_turns: dict[tuple[bytes, int, int, float], tuple[bytes, int]] = {}
+        self.graphs: dict[tuple, _RoutingGraph] = {}
+        self.routes: dict[tuple[int, bytes, bytes, bytes, bytes], tuple[float, Chain]] = {}
+        self.route_bytes = 0
+        self._codecs: dict[int, struct.Struct] = {}
+        self._graph_ids = count()
+
+    def clear(self) -> None:
+        """Empty every memo (benchmarks time cold runs with it)."""
+        self.__init__()
+
+    def codec(self, length: int) -> struct.Struct:
+        """The struct packing ``length`` doubles (exact bits)."""
+        codec = self._codecs.get(length)
+        if codec is None:
+            codec = self._codecs[length] = struct.Struct(f"<{length}d")
+        return codec
+
+    def best_start(self, t: list[float], m: int) -> int:
+        """:func:`_best_start` of a list of finite floats, 1 <= m <= len(t), memoised on (T's bytes, m):
+        the balance checks of a swarm that does not move keep meeting the same T (about 95 % of the calls
+        on bellcanada-26)."""
+        key = (self.codec(len(t)).pack(*t), m)
+        start = self.best_starts.get(key)
+        if start is None:
+            start = _best_start(t, m)
+            if len(self.best_starts) >= _BEST_START_MEMO_SIZE:
+                self.best_starts.clear()
+            self.best_starts[key] = start
+        return start
+
+    def graph(self, spans: Sequence[tuple[int, int, int]], L: int, start: int) -> _RoutingGraph:
+        """The :class:`_RoutingGraph` of (spans, L, start); DeciderError if the spans are not distinct
+        servers with blocks inside 0..L."""
+        key = (tuple(spans), L, start)
+        graph = self.graphs.get(key)
+        if graph is None:
+            seen: set[int] = set()
+            for sp in key[0]:
+                ok = len(sp) == 3 and all(
+                    isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in sp
+                )
+                if ok:
+                    j, a, e = (int(x) for x in sp)
+                    ok = j >= 0 and j not in seen and 0 <= a < e <= L
+                    seen.add(j)
+                if not ok:
+                    raise DeciderError(
+                        f"petals: routing needs distinct servers hosting blocks inside 0..{L}, "
+                        f"got span {sp!r}"
+                    )
+            spans_int = tuple((int(j), int(a), int(e)) for j, a, e in key[0])
+            graph = _RoutingGraph(spans_int, L, start, next(self._graph_ids))
+            if len(self.graphs) >= _GRAPH_CACHE_SIZE:
+                del self.graphs[next(iter(self.graphs))]
+            self.graphs[key] = graph
+        return graph
+
+    def route(self, key: tuple[int, bytes, bytes, bytes, bytes], compute: Callable[[], tuple[float, Chain]]):
+        """The memoised answer for ``key``, computed by ``compute`` if new."""
+        answer = self.routes.get(key)
+        if answer is None:
+            answer = compute()
+            size = 200 + sum(len(k) for k in key[1:])
+            if self.route_bytes + size > _ROUTE_MEMO_BYTES:
+                self.routes.clear()
+                self.route_bytes = 0
+            self.route_bytes += size
+            self.routes[key] = answer
+        return answer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,6 +418,7 @@ def min_latency_chain(
     start: int = 0,
     overhead_s: float = 0.018,
     penalty_s: float = 10.0,
+    memo: PetalsMemo | None = None,
 ) -> tuple[float, Chain]:
     """PETALS' min-latency chain from block ``start`` to L: (cost in s, chain), or (inf, ()) if none.
 
@@ -415,125 +428,41 @@ def min_latency_chain(
     hosting e_i: delay(rtt_j) + overhead [+ penalty if j lacks cache]; (j, L) -> client: delay(rtt_j);
     delay(r) = min(r / 2, 5 s). ``rtt[j]`` is the client's RTT to j (the client relays every hop).
 
-    Solved as dijkstar (PETALS' dependency) does: a binary heap keyed (cost, insertion counter), strict
+    The answer is dijkstar's (PETALS' dependency): a binary heap keyed (cost, insertion counter), strict
     improvement only, stop when the destination is popped, edges in PETALS' insertion order (servers by
-    decreasing span length, then by when PETALS closes the span, then start and id). networkx breaks
-    ties differently, and ties are common between identical servers, hence this small Dijkstra.
-
-    The answer is computed without running that Dijkstra (see :func:`_route_fast`): same chain, same
-    cost, bit for bit; :func:`_min_latency_chain_dijkstra` (the literal Dijkstra) still answers the
-    inputs the fast path does not cover (negative, infinite or NaN costs, repeated servers, spans
-    outside 0..L).
+    decreasing span length, then by when PETALS closes the span, then start and id). networkx breaks ties
+    differently, and ties are common between identical servers. It is computed without running that
+    Dijkstra (see :func:`_route_costs`): same chain, same cost, bit for bit (the literal Dijkstra is kept
+    in tests/petals_reference.py as the oracle). Costs must be finite and >= 0 (RTTs and overheads >= 0,
+    rates > 0) and spans distinct servers inside 0..L; anything else raises DeciderError. ``memo``: exact
+    memos to reuse (a decider's).
     """
     L = num_blocks
     if not 0 <= start < L:
         raise DeciderError(f"petals: cannot route from block {start} in a model of {L} blocks")
-    graph = _routing_graph(spans, L, start)
-    if graph is not None:
-        if not graph.covered:
-            return math.inf, ()
-        answer = _route_fast(graph, rtt, inference_rps, lacks_cache, overhead_s, penalty_s)
-        if answer is not None:
-            return answer
-    return _min_latency_chain_dijkstra(
-        spans, L, rtt, inference_rps, lacks_cache, start=start, overhead_s=overhead_s, penalty_s=penalty_s
-    )
-
-
-def _min_latency_chain_dijkstra(
-    spans: Sequence[tuple[int, int, int]],
-    num_blocks: int,
-    rtt: Sequence[float],
-    inference_rps: Sequence[float],
-    lacks_cache: Sequence[bool],
-    *,
-    start: int = 0,
-    overhead_s: float = 0.018,
-    penalty_s: float = 10.0,
-) -> tuple[float, Chain]:
-    """:func:`min_latency_chain` by building PETALS' graph and running dijkstar's Dijkstra literally."""
-    L = num_blocks
-    if not 0 <= start < L:
-        raise DeciderError(f"petals: cannot route from block {start} in a model of {L} blocks")
-    # spans_by_priority: closed in order of end (spans reaching L close with those ending at L-1), then
-    # by first block, then stably sorted by decreasing length
-    ordered = sorted(spans, key=lambda s: (-(s[2] - s[1]), min(s[2], L - 1), s[1], s[0]))
-    containing: list[list[tuple[int, int, int]]] = [[] for _ in range(L)]
-    for sp in ordered:
-        for b in range(max(sp[1], start), sp[2]):
-            containing[b].append(sp)
-    if any(not containing[b] for b in range(start, L)):
+    memo = memo or PetalsMemo()
+    graph = memo.graph(spans, L, start)
+    if not graph.covered:
         return math.inf, ()
-
-    graph: dict[object, dict[object, float]] = {}
-
-    def add_edge(u: object, v: object, cost: float) -> None:
-        graph.setdefault(u, {})[v] = cost
-
-    def entry_delay(j: int) -> float:
-        delay = _rtt_to_delay(rtt[j])
-        delay += overhead_s
-        if lacks_cache[j]:
-            delay += penalty_s
-        return delay
-
-    for j, _, _ in containing[start]:
-        add_edge("start", (j, start), entry_delay(j))
-    for j, _, _ in containing[L - 1]:
-        add_edge((j, L), "end", _rtt_to_delay(rtt[j]))
-    for b in range(start + 1, L):
-        for i, _, e in containing[b - 1]:
-            if e != b:
-                continue
-            for j, _, _ in containing[b]:
-                add_edge((i, b), (j, b), entry_delay(j))
-    for j, a, e in ordered:
-        step = 1.0 / inference_rps[j]
-        for b in range(max(a, start), min(e, L)):
-            add_edge((j, b), (j, b + 1), step)
-
-    # dijkstar.find_path
-    counter = count()
-    costs: dict[object, float] = {"start": 0.0}
-    pred: dict[object, tuple[object, float]] = {"start": (None, 0.0)}
-    queue: list[tuple[float, int, object]] = [(0.0, next(counter), "start")]
-    visited: set[object] = set()
-    while queue:
-        cost_u, _, u = heapq.heappop(queue)
-        if u == "end":
-            break
-        if u in visited:
-            continue
-        visited.add(u)
-        for v, c in graph.get(u, {}).items():
-            if v in visited:
-                continue
-            cand = cost_u + c
-            if v not in costs or costs[v] > cand:
-                costs[v] = cand
-                pred[v] = (u, c)
-                heapq.heappush(queue, (cand, next(counter), v))
-    if "end" not in costs:
-        return math.inf, ()
-    nodes = []
-    edge_costs = []
-    node: object = "end"
-    while node is not None:
-        nodes.append(node)
-        prev, c = pred[node]
-        if prev is not None:
-            edge_costs.append(c)
-        node = prev
-    nodes.reverse()
-    edge_costs.reverse()
-    hops: list[list[int]] = []
-    for j, b in nodes[1:-1]:  # type: ignore[misc]
-        if hops and hops[-1][0] == j:
-            hops[-1][2] = b
-        else:
-            hops.append([j, b, b])
-    chain = tuple(Hop(j, a, e) for j, a, e in hops if e > a)
-    return sum(edge_costs), chain
+    try:
+        rtt_a = np.asarray(rtt, dtype=float)
+        rps_a = np.asarray(inference_rps, dtype=float)
+        lacks_a = np.asarray(lacks_cache, dtype=bool)
+        params = np.array([overhead_s, penalty_s], dtype=float)
+    except (TypeError, ValueError):
+        raise DeciderError(
+            "petals: routing costs must be numbers (rtt, inference_rps, lacks_cache)"
+        ) from None
+    n = int(graph.all_idx.max()) + 1 if graph.all_idx.size else 0
+    if (
+        rtt_a.ndim != 1
+        or rps_a.ndim != 1
+        or lacks_a.ndim != 1
+        or min(len(rtt_a), len(rps_a), len(lacks_a)) < n
+    ):
+        raise DeciderError(f"petals: rtt, inference_rps and lacks_cache need one entry per server (>= {n})")
+    key = (graph.uid, rtt_a.tobytes(), rps_a.tobytes(), lacks_a.tobytes(), params.tobytes())
+    return memo.route(key, lambda: _route_costs(graph, rtt_a, rps_a, lacks_a, overhead_s, penalty_s))
 
 
 # Fast min-latency routing ---------------------------------------------------------------------------
@@ -559,19 +488,33 @@ def _min_latency_chain_dijkstra(
 # 3. The path is read back from "end"; every node on it was popped before "end", so the early stop
 #    does not matter, and its cost is ``sum`` of its edge costs in path order, as dijkstar returns.
 
-#: Node standing for the client (the "start" of PETALS' graph) in :func:`_route_fast`.
+#: Node standing for the client (the "start" of PETALS' graph) in :func:`_route_costs`.
 _START = (-1, -1)
-#: Static routing graphs kept (keyed by spans, L, start); the oldest is dropped beyond this.
-_GRAPH_CACHE_SIZE = 64
-#: Beyond this many blocks, Dijkstra: comparing two nested tie-break keys K recurses once per node of a
-#: path (at most 2 L + 1), which must stay well under Python's recursion limit (1000).
-_MAX_FAST_BLOCKS = 300
-_graph_cache: dict[tuple, _RoutingGraph | None] = {}
-_graph_ids = count()
-#: Bytes the route memo may hold (its keys' bytes plus ~200 per answer) before it is emptied.
-_ROUTE_MEMO_BYTES = 32 * 2**20
-_route_memo: dict[tuple[int, bytes, bytes, bytes, bytes], tuple[float, Chain]] = {}
-_route_memo_bytes = 0
+
+
+def _compare_keys(a: tuple, b: tuple) -> int:
+    """Compare two nested tie-break keys K = (d, K(pred), row) (K(start) = ()) as Python compares the
+    tuples, without recursion (a path may have any number of nodes): the d's from the node back to the
+    start, then the rows from the start outwards."""
+    rows = []
+    while a is not b:
+        if not a or not b:
+            if a:
+                return 1
+            if b:
+                return -1
+            break
+        if a[0] != b[0]:
+            return -1 if a[0] < b[0] else 1
+        rows.append((a[2], b[2]))
+        a, b = a[1], b[1]
+    for ra, rb in reversed(rows):
+        if ra != rb:
+            return -1 if ra < rb else 1
+    return 0
+
+
+_tie_key = cmp_to_key(_compare_keys)
 
 
 class _RoutingGraph:
@@ -599,7 +542,7 @@ class _RoutingGraph:
         "uid",
     )
 
-    def __init__(self, spans: Sequence[tuple[int, int, int]], L: int, start: int):
+    def __init__(self, spans: Sequence[tuple[int, int, int]], L: int, start: int, uid: int):
         ordered = sorted(spans, key=lambda s: (-(s[2] - s[1]), min(s[2], L - 1), s[1], s[0]))
         rows = [sp for sp in ordered if sp[2] > start]
         self.L, self.start = L, start
@@ -617,78 +560,7 @@ class _RoutingGraph:
         self.cross_set = frozenset(self.cross)
         self.exits = {b: np.flatnonzero(end == b) for b in [*self.cross, L]}
         self.end_rows = self.exits[L]
-        self.uid = next(_graph_ids)  # never reused: the route memo's keys name the graph by it
-
-
-def _routing_graph(spans: Sequence[tuple[int, int, int]], L: int, start: int) -> _RoutingGraph | None:
-    """The cached :class:`_RoutingGraph` of (spans, L, start), or None if the fast path does not apply
-    (repeated or negative server ids, spans outside 0..L or empty, non-integers, L too large)."""
-    try:
-        key = (tuple(spans), L, start)
-        hash(key)
-    except TypeError:
-        return None
-    if key in _graph_cache:
-        return _graph_cache[key]
-    graph: _RoutingGraph | None = None
-    ok = type(L) is int and type(start) is int and L <= _MAX_FAST_BLOCKS
-    seen: set[int] = set()
-    for sp in key[0]:
-        if not ok:
-            break
-        if len(sp) != 3 or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in sp):
-            ok = False
-            break
-        j, a, e = (int(x) for x in sp)
-        ok = j >= 0 and j not in seen and 0 <= a < e <= L
-        seen.add(j)
-    if ok:
-        graph = _RoutingGraph(key[0], L, start)
-    if len(_graph_cache) >= _GRAPH_CACHE_SIZE:
-        del _graph_cache[next(iter(_graph_cache))]
-    _graph_cache[key] = graph
-    return graph
-
-
-def _route_fast(
-    g: _RoutingGraph,
-    rtt: Sequence[float],
-    inference_rps: Sequence[float],
-    lacks_cache: Sequence[bool],
-    overhead_s: float,
-    penalty_s: float,
-) -> tuple[float, Chain] | None:
-    """dijkstar's answer on the graph ``g`` with these costs (see the comment above), or None if a cost
-    is negative, infinite or NaN (or an input is too short), for the literal Dijkstra to handle.
-
-    Answers are memoised on the exact bytes of the inputs as float64 / bool arrays (which is all the
-    computation reads): a simulation whose placement does not change asks the same question again and
-    again (bellcanada-26: 2,000 routes, one distinct question).
-    """
-    try:
-        rtt_a = np.asarray(rtt, dtype=float)
-        rps_a = np.asarray(inference_rps, dtype=float)
-        lacks_a = np.asarray(lacks_cache, dtype=bool)
-        params = np.array([overhead_s, penalty_s], dtype=float).tobytes()
-    except (TypeError, ValueError):
-        return None
-    if rtt_a.ndim != 1 or rps_a.ndim != 1 or lacks_a.ndim != 1:
-        return None
-    if g.all_idx.size and int(g.all_idx.max()) >= min(len(rtt_a), len(rps_a), len(lacks_a)):
-        return None
-    global _route_memo_bytes
-    key = (g.uid, rtt_a.tobytes(), rps_a.tobytes(), lacks_a.tobytes(), params)
-    answer = _route_memo.get(key)
-    if answer is None:
-        answer = _route_costs(g, rtt_a, rps_a, lacks_a, overhead_s, penalty_s)
-        if answer is not None:
-            size = 200 + sum(len(k) for k in key[1:])
-            if _route_memo_bytes + size > _ROUTE_MEMO_BYTES:
-                _route_memo.clear()
-                _route_memo_bytes = 0
-            _route_memo_bytes += size
-            _route_memo[key] = answer
-    return answer
+        self.uid = uid  # never reused within a memo: the route memo's keys name the graph by it
 
 
 def _route_costs(
@@ -698,8 +570,9 @@ def _route_costs(
     lacks_a: np.ndarray,
     overhead_s: float,
     penalty_s: float,
-) -> tuple[float, Chain] | None:
-    """:func:`_route_fast` once the inputs are float / bool arrays: the edge costs, then the answer."""
+) -> tuple[float, Chain]:
+    """The min-latency answer on the graph ``g`` for these cost arrays: the edge costs, then the answer
+    (see the comment above on why it equals dijkstar's)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         all_steps = 1.0 / rps_a[g.all_idx]
         idx = g.idx
@@ -709,7 +582,9 @@ def _route_costs(
         step = 1.0 / rps_a[idx]
     for costs in (all_steps, delay, entry):
         if not (np.isfinite(costs).all() and (costs >= 0).all()):
-            return None
+            raise DeciderError(
+                "petals: routing costs must be finite and >= 0 (RTTs and overheads >= 0, rates > 0)"
+            )
     L, s0, contain = g.L, g.start, g.contain
     R = idx.size
 
@@ -785,7 +660,7 @@ def _route_costs(
                     if missing:
                         stack.extend(missing)
                         continue
-                p = options[0] if len(options) == 1 else min(options, key=keys.__getitem__)
+                p = options[0] if len(options) == 1 else min(options, key=lambda u: _tie_key(keys[u]))
                 preds[x] = p
             key_p = keys.get(p)
             if key_p is None:
@@ -800,7 +675,7 @@ def _route_costs(
             return options[0]
         for u in options:
             ensure_key(u)
-        return min(options, key=keys.__getitem__)
+        return min(options, key=lambda u: _tie_key(keys[u]))
 
     def pred(node: tuple[int, int]) -> tuple[int, int]:
         """dijkstar's predecessor of ``node`` (memoised)."""
@@ -843,17 +718,6 @@ def _route_costs(
         chain.append(Hop(g.servers[r], a, end[r]))
     edge_costs.append(delay.item(segments[-1][0]))
     return sum(edge_costs), tuple(chain)
-
-
-def _clear_caches() -> None:
-    """Empty the module's exact memos (routing graphs, routes, best starts, balance turns): for benchmarks
-    that time cold runs; results never depend on them."""
-    global _route_memo_bytes
-    _graph_cache.clear()
-    _route_memo.clear()
-    _route_memo_bytes = 0
-    _best_starts.clear()
-    _balance_turns.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -955,10 +819,10 @@ class _ServingThroughputs:
         """(server, first block, end, throughput) of the serving servers, in server order."""
         return [s for s in self.spans if s is not None]
 
-    def balance_check(self) -> _BalanceCheck:
+    def balance_check(self, memo: PetalsMemo) -> _BalanceCheck:
         """The :class:`_BalanceCheck` of the serving spans (kept until they change)."""
         if self.check is None:
-            self.check = _BalanceCheck(self.serving_spans(), self.num_blocks, self.total)
+            self.check = _BalanceCheck(self.serving_spans(), self.num_blocks, self.total, memo)
         return self.check
 
     def without(self, server: int) -> np.ndarray:
@@ -1032,10 +896,17 @@ class PetalsDecider(Decider):
         self.num_blocks_fn = num_blocks
         self.router = router
         self.name = name
+        # routing reads the view and the request only; a delegated router decides for itself
+        self.pure_route = True if router is None else bool(getattr(router, "pure_route", False))
         self._counts: list[int] = []
         self._cache: list[int | None] = []
         self._planned: dict[int, Placement] = {}
         self._tp: _ServingThroughputs | None = None
+        self._unplaceable: dict[int, str] = {}  # server -> why PETALS cannot place it
+        self._memo = PetalsMemo()
+        self._routes: dict[tuple, Chain] = {}  # answers for the current view (see route)
+        self._route_view: SwarmView | None = None
+        self._route_specs: list = []
 
     # episode -------------------------------------------------------------------------------------------
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
@@ -1055,12 +926,13 @@ class PetalsDecider(Decider):
         L = model.num_blocks
         per_block = petals_cache_bytes_per_block(model, pc.attn_cache_tokens)
         self._counts, self._cache = [], []
+        self._unplaceable = {}
         for spec in scenario.servers:
             where = f"{self.name}: server {spec.id} ({spec.name}, profile {spec.profile.name})"
             if self.num_blocks_fn is None:
                 m = petals_num_blocks(model, spec.profile, pc.attn_cache_tokens, pc.autograd_gib)
-                if m < 1:
-                    raise DeciderError(
+                if m < 1:  # an error when it is placed (routing on others' placements still works)
+                    self._unplaceable[spec.id] = (
                         f"{where}: {spec.profile.memory_bytes / 1e9:.4g} GB cannot hold one block "
                         f"({model.block_bytes / 1e9:.4g} GB) plus PETALS' cache for {pc.attn_cache_tokens} "
                         f"tokens ({per_block / 1e9:.4g} GB) and autograd ({pc.autograd_gib:g} GiB scaled)"
@@ -1076,6 +948,8 @@ class PetalsDecider(Decider):
             self._cache.append(cache)
         self._planned = {}
         self._tp = None
+        self._routes.clear()
+        self._route_view = None
         if self.join_order is not None:
             self._planned = self._precompute(scenario, list(self.join_order(scenario)))
         if self.router is not None:
@@ -1103,6 +977,8 @@ class PetalsDecider(Decider):
         t = np.zeros(L)
         planned = {}
         for j in map(int, order):
+            if j in self._unplaceable:
+                raise DeciderError(self._unplaceable[j])
             m = self._counts[j]
             start = choose_best_start(t.tolist(), m)
             rows[1 + j, start : start + m] = petals_throughput(scenario.servers[j].profile, m)
@@ -1111,21 +987,13 @@ class PetalsDecider(Decider):
         return planned
 
     # decisions -----------------------------------------------------------------------------------------
-    def _serving(self, view: SwarmView, exclude: int = -1) -> list[ThroughputSpan]:
-        """JOINING (LOADING) or ONLINE servers with their announced throughputs, except ``exclude``."""
-        out = []
-        for s in view.servers:
-            if s.id != exclude and s.status in (ServerStatus.LOADING, ServerStatus.ONLINE) and s.start >= 0:
-                out.append((s.id, s.start, s.end, petals_throughput(s.spec.profile, s.end - s.start)))
-        return out
-
-    def _serving_throughputs(self, view: SwarmView) -> _ServingThroughputs | None:
-        """The up-to-date :class:`_ServingThroughputs` of ``view`` (None if its servers are not 0..n-1)."""
+    def _serving_throughputs(self, view: SwarmView) -> _ServingThroughputs:
+        """The up-to-date :class:`_ServingThroughputs` of ``view``."""
         tp = self._tp
         if tp is not None and tp.servers is view.servers and tp.num_blocks == view.num_blocks and tp.sync():
             return tp
         if any(s.id != j for j, s in enumerate(view.servers)):
-            return None
+            raise DeciderError(f"{self.name}: the view's servers must be numbered 0..{len(view.servers) - 1}")
         self._tp = _ServingThroughputs(view.servers, view.num_blocks)
         return self._tp
 
@@ -1133,57 +1001,71 @@ class PetalsDecider(Decider):
         """PETALS' block count and fixed cache budget, at the start chosen by choose_best_blocks."""
         if server in self._planned and view.servers[server].placements == 0:
             return self._planned[server]
+        if server in self._unplaceable:
+            raise DeciderError(self._unplaceable[server])
         m = self._counts[server]
-        tp = self._serving_throughputs(view)
-        if tp is None:
-            t = block_throughputs(self._serving(view, server), view.num_blocks)
-        else:
-            t = tp.without(server)
+        t = self._serving_throughputs(view).without(server)
         return Placement(choose_best_start(t.tolist(), m), m, self._cache[server])
 
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
         """PETALS' balance check; if it says move, the new start chosen without this server."""
         if not self._rebalancing:
             return None
-        L = view.num_blocks
         tp = self._serving_throughputs(view)
-        if tp is None:
-            move = should_choose_other_blocks(self._serving(view), server, L, self._bq, self.rng)
-        else:  # the same check, its spans' part kept between checks
-            move = self._bq > 1.0 or tp.balance_check().run(server, self._bq, self.rng)
+        move = self._bq > 1.0 or tp.balance_check(self._memo).run(server, self._bq, self.rng)
         if not move:
             return None
         s = view.servers[server]
         m = s.end - s.start
-        t = block_throughputs(self._serving(view, server), L) if tp is None else tp.without(server)
-        start = choose_best_start(t.tolist(), m)
+        start = choose_best_start(tp.without(server).tolist(), m)
         if start == s.start:
             return None  # PETALS would reload the same blocks; staying is the same placement
         return Placement(start, m, s.cache_capacity)
 
     def route(self, view: SwarmView, request: Request) -> Route | Chain | None:
         """PETALS' min-latency chain from ``request.route_from``; Route(wait=False) backs off if it lacks
-        cache; None if some block has no ONLINE server."""
+        cache; None if some block has no ONLINE server.
+
+        Answers are kept per (placement version, route_from, client, which servers lack cache) while the
+        view and the servers' profiles stay the same: that is everything the rule reads."""
         if self.router is not None:
             return self.router.route(view, request)
-        pc = view.scenario.petals
         kv = request.kv_bytes
-        lacks = [
-            (s.end - s.start) * kv > s.cache_capacity - s.used_bytes if s.start >= 0 else True
-            for s in view.servers
-        ]
-        inference_rps = [s.spec.profile.inference_rps for s in view.servers]
-        cost, chain = min_latency_chain(
-            view.spans(),
-            view.num_blocks,
-            view.time_model.rtt[request.client].tolist(),
-            inference_rps,
-            lacks,
-            start=request.route_from,
-            overhead_s=pc.hop_overhead_s,
-            penalty_s=pc.lacking_cache_penalty_s,
+        servers = view.servers
+        lacks = tuple(
+            [
+                (s.end - s.start) * kv > s.cache_capacity - s.used_bytes if s.start >= 0 else True
+                for s in servers
+            ]
         )
-        if cost == math.inf:
+        specs = self._route_specs
+        if (
+            self._route_view is not view
+            or len(specs) != len(servers)
+            or any(s.spec is not spec for s, spec in zip(servers, specs, strict=True))
+        ):
+            self._route_view = view
+            self._route_specs = [s.spec for s in servers]
+            self._routes.clear()
+        key = (view.placement_version, request.route_from, request.client, lacks)
+        chain = self._routes.get(key)
+        if chain is None:
+            pc = view.scenario.petals
+            _, chain = min_latency_chain(
+                view.spans(),
+                view.num_blocks,
+                view.time_model.rtt[request.client].tolist(),
+                [s.spec.profile.inference_rps for s in servers],
+                lacks,
+                start=request.route_from,
+                overhead_s=pc.hop_overhead_s,
+                penalty_s=pc.lacking_cache_penalty_s,
+                memo=self._memo,
+            )
+            if len(self._routes) >= _GRAPH_CACHE_SIZE * 64:
+                self._routes.clear()
+            self._routes[key] = chain
+        if not chain:
             return None
         return Route(chain, wait=False)
 

@@ -1,12 +1,14 @@
 """Simulated requests per second (wall clock, one process) of the discrete-event simulator.
 
 Usage: python benchmarks/sim_speed.py [--requests N] [--repeats K] [--deciders shortest,cg-bp-ws-rr,...]
+       [--overload-sizes 1000,10000,100000]
 
-For each scenario and decider, runs an episode of N requests at the scenario's arrival rate (light load)
-and, for the deciders in --heavy, at 3x that rate (requests wait for cache), and prints the median
-requests/s over K repetitions. The decider's own time is included: this is the speed a user gets.
-(PETALS is only run at the light load by default: at 3x it is unstable on clustered-9 -- its queue grows
-without bound -- and each request then costs dozens of back-off retries, each a Dijkstra in Python.)
+Two tables. **Load**: for each scenario and decider, an episode of N requests at the scenario's arrival
+rate and, for the deciders in --heavy, at 3x that rate (requests wait for cache); the median over K
+repetitions. **Sustained overload**: the two cases of issue 10 -- clustered-9 at 5 requests/s with
+CG-BP + WS-RR (reservations pile up) and at 1 request/s with PETALS (back-off retries pile up) -- at
+1,000, 10,000 and 100,000 requests, to show that the cost per request stays about flat as the queue grows
+(goal: >= 3,000 requests/s at 10,000). The decider's own time is included: this is the speed a user gets.
 """
 
 from __future__ import annotations
@@ -21,35 +23,40 @@ from rich.table import Table
 from petalgym.deciders import make_decider
 from petalgym.errors import DeciderError
 from petalgym.scenario import load_scenario
-from petalgym.simulator import simulate
+from petalgym.simulator import Simulator
+
+#: The overload cases: (label, scenario, arrival rate (1/s), decider).
+OVERLOAD = (
+    ("CG-BP + WS-RR, reservations", "clustered-9", 5.0, "cg-bp-ws-rr"),
+    ("PETALS, back-off retries", "clustered-9", 1.0, "petals"),
+)
 
 
 def measure(scenario_name: str, decider_name: str, rate: float, requests: int, repeats: int) -> dict:
-    """Median requests/s over ``repeats`` episodes, and the episode's mean wait (s)."""
+    """Median requests/s over ``repeats`` episodes (seeds 0..), the last episode's mean wait (s), events
+    and skipped retries."""
     scenario = load_scenario(
         scenario_name, {"workload.num_requests": requests, "workload.arrival_rate": rate}
     )
-    speeds, wait = [], 0.0
+    speeds, out = [], {}
     for seed in range(repeats):
         decider = make_decider(decider_name)
         t0 = time.perf_counter()
-        result = simulate(scenario, decider, seed=seed)
+        result = Simulator(scenario, seed).run(decider)
         speeds.append(requests / (time.perf_counter() - t0))
-        wait = result.summary()["wait_s"]
-    return {"speed": statistics.median(speeds), "wait": wait}
+        out = {
+            "wait": result.summary()["wait_s"],
+            "events": result.events,
+            "skipped": result.extra["skipped_retries"],
+        }
+    out["speed"] = statistics.median(speeds)
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--deciders", default="shortest,cg-bp-ws-rr,petals")
-    parser.add_argument("--scenarios", default="clustered-9,bellcanada-26")
-    parser.add_argument("--heavy", default="shortest,cg-bp-ws-rr", help="deciders also run at 3x the rate")
-    args = parser.parse_args()
+def load_table(args: argparse.Namespace) -> Table:
     table = Table(title=f"Simulator speed: {args.requests:,} requests per episode, median of {args.repeats}")
     for col in ("scenario", "decider", "arrival rate (/s)", "mean wait (s)", "requests/s"):
-        table.add_column(col, justify="right" if col != "scenario" and col != "decider" else "left")
+        table.add_column(col, justify="right" if col not in ("scenario", "decider") else "left")
     for scenario in args.scenarios.split(","):
         base = load_scenario(scenario).workload.arrival_rate
         for decider in args.deciders.split(","):
@@ -60,7 +67,36 @@ def main() -> None:
                     table.add_row(scenario, decider, f"{rate:g}", "-", f"unavailable: {exc}")
                     continue
                 table.add_row(scenario, decider, f"{rate:g}", f"{m['wait']:.2f}", f"{m['speed']:,.0f}")
-    Console().print(table)
+    return table
+
+
+def overload_table(sizes: list[int]) -> Table:
+    table = Table(title="Sustained overload on clustered-9: requests/s as the queue grows (one episode each)")
+    for col in ("case", "rate (/s)", "requests", "mean wait (s)", "events", "retries skipped", "requests/s"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for label, scenario, rate, decider in OVERLOAD:
+        for n in sizes:
+            m = measure(scenario, decider, rate, n, 1)
+            table.add_row(
+                label, f"{rate:g}", f"{n:,}", f"{m['wait']:,.0f}", f"{m['events']:,}", f"{m['skipped']:,}",
+                f"{m['speed']:,.0f}",
+            )  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--deciders", default="shortest,cg-bp-ws-rr,petals")
+    parser.add_argument("--scenarios", default="clustered-9,bellcanada-26")
+    parser.add_argument("--heavy", default="shortest,cg-bp-ws-rr", help="deciders also run at 3x the rate")
+    parser.add_argument("--overload-sizes", default="1000,10000,100000", help="'' skips the overload table")
+    args = parser.parse_args()
+    console = Console()
+    console.print(load_table(args))
+    if args.overload_sizes:
+        console.print(overload_table([int(x) for x in args.overload_sizes.split(",")]))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def build_config(
         "scenario": scenario,
         "obs_mode": "rllib",
         "scenario_overrides": {"workload.num_requests": num_requests},
+        "invalid_action": "raise",  # strict: the masking module must never sample a masked action
     }
     fragment = max(1, math.ceil(batch / max(1, env_runners * envs_per_runner)))
     return (

@@ -18,6 +18,34 @@ from petalgym.errors import PetalgymError
 console = Console()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument prints one ``error:`` line (no usage block) and exits with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        console.print(f"[red]error:[/red] {self.prog}: {message}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+
+
+def _int_at_least(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_SEED = _int_at_least(0)
+_POSITIVE = _int_at_least(1)
+
+
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     """``["workload.arrival_rate=0.5", ...]`` -> {"workload.arrival_rate": 0.5} (values parsed as YAML)."""
     out: dict[str, Any] = {}
@@ -114,13 +142,34 @@ DEFAULT_DECIDERS = (
 )
 
 
+def agent_labels(paths: Sequence[str]) -> list[str]:
+    """``agent:<stem>`` per model file; files sharing a stem are told apart by their folders (more of the
+    path until the labels differ)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(pp[-d:]) for pp, d in zip(parts, depth, strict=True)]
+        clash = {lab for lab in labels if labels.count(lab) > 1}
+        if not clash:
+            return [f"agent:{lab.removesuffix('.zip')}" for lab in labels]
+        grown = False
+        for i, lab in enumerate(labels):
+            if lab in clash and depth[i] < len(parts[i]):
+                depth[i] += 1
+                grown = True
+        if not grown:  # the same file twice
+            raise PetalgymError(f"--agent {paths[labels.index(next(iter(clash)))]} is given twice")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from petalgym.evaluation import DeciderSpec, evaluate
 
     names = args.deciders.split(",") if args.deciders else list(DEFAULT_DECIDERS)
     specs = [DeciderSpec.parse(n) for n in names if n.strip()]
-    for path in args.agent or []:
-        specs.append(DeciderSpec("agent", {"path": path}, label=f"agent:{Path(path).stem}"))
+    for path, label in zip(args.agent or [], agent_labels(args.agent or []), strict=True):
+        if not Path(path).is_file():
+            raise PetalgymError(f"--agent {path}: no such file")
+        specs.append(DeciderSpec("agent", {"path": path}, label=label))
     reference = args.reference if any(s.display == args.reference for s in specs) else None
     settings = {"": parse_overrides(args.set)}
     ev = evaluate(
@@ -307,7 +356,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # entry point
 # --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="petalgym",
         description="Block placement and request routing for geo-distributed LLM inference (PETALS-style).",
     )
@@ -318,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="simulate one episode with one decider and print a summary")
     p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--decider", default="cg-bp-ws-rr", help="registered decider name")
     p.add_argument("--decider-arg", action="append", metavar="KEY=VALUE", help="decider keyword argument")
     p.add_argument(
@@ -337,11 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--deciders", help=f"comma-separated decider names (default: {','.join(DEFAULT_DECIDERS)})"
     )
     p.add_argument("--agent", action="append", metavar="MODEL.zip", help="add a trained agent (repeatable)")
-    p.add_argument("--seeds", type=int, default=10, help="number of seeds")
-    p.add_argument("--seed0", type=int, default=0, help="first seed")
+    p.add_argument("--seeds", type=_POSITIVE, default=10, help="number of seeds")
+    p.add_argument("--seed0", type=_SEED, default=0, help="first seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     p.add_argument("--reference", default="petals", help="decider that reductions are computed against")
-    p.add_argument("--workers", type=int, default=1, help="processes for the local backend (0: all cores)")
+    p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (backend ray); default: a local Ray")
     p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
@@ -350,20 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("solve", help="solve the offline problem (place blocks + route R requests)")
     p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
-    p.add_argument("--requests", type=int, default=3, help="number of requests |R|")
+    p.add_argument("--requests", type=_POSITIVE, default=3, help="number of requests |R|")
     p.add_argument("--method", choices=("cg-bprr", "milp", "petals"), default="cg-bprr")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MILP solver")
     p.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit (s)")
-    p.add_argument("--seed", type=int, default=0, help="join order for --method petals")
+    p.add_argument("--seed", type=_SEED, default=0, help="join order for --method petals")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("reproduce", help="the paper's experiments: our numbers beside the paper's")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--seed0", type=int, default=0)
+    p.add_argument("--seeds", type=_POSITIVE, default=5)
+    p.add_argument("--seed0", type=_SEED, default=0)
     p.add_argument("--ablations", action="store_true", help="also run the three PETALS ablations")
     p.add_argument("--sweeps", action="store_true", help="also sweep C, eta, lambda and l_out (plots)")
-    p.add_argument("--workers", type=int, default=1, help="processes for the local backend (0: all cores)")
+    p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (backend ray)")
     p.add_argument("--output", default="results/reproduce")
@@ -378,10 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scenario", help="built-in scenario name or YAML path (default: clustered-9)")
     p.add_argument("--algo", choices=("maskable-ppo", "ppo", "a2c", "dqn"), default="maskable-ppo")
-    p.add_argument("--timesteps", type=int, help="agent decisions to train for (default: the config's)")
+    p.add_argument("--timesteps", type=_POSITIVE, help="agent decisions to train for (default: the config's)")
     p.add_argument("--output", required=True, help="directory for the model, metadata, checkpoints, logs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-envs", type=int, help="parallel envs (SubprocVecEnv if > 1; default: the config's)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument(
+        "--n-envs", type=_POSITIVE, help="parallel envs (SubprocVecEnv if > 1; default: the config's)"
+    )
     p.add_argument("--config", help="hyper-parameter YAML merged over configs/agents/<algo>.yaml")
     p.add_argument(
         "--hp", action="append", metavar="KEY=VALUE", help="hyper-parameter override, e.g. n_steps=2048"
@@ -393,12 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,...",
         help="train on scenario variants, one drawn per episode (e.g. workload.arrival_rate=1,2,4)",
     )
-    p.add_argument("--eval-freq", type=int, help="validation every N timesteps (0: never)")
-    p.add_argument("--eval-episodes", type=int, help="validation episodes (held-out simulator seeds)")
-    p.add_argument("--checkpoint-freq", type=int, help="checkpoint every N timesteps (0: never)")
+    p.add_argument("--eval-freq", type=_SEED, help="validation every N timesteps (0: never)")
+    p.add_argument("--eval-episodes", type=_POSITIVE, help="validation episodes (held-out simulator seeds)")
+    p.add_argument("--checkpoint-freq", type=_SEED, help="checkpoint every N timesteps (0: never)")
     p.add_argument("--export", metavar="PATH.zip", help="also copy the model (+ .json sidecar) here")
     p.add_argument("--export-best", action="store_true", help="export the best validation model instead")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--threads", type=_POSITIVE, default=1, help="torch threads")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", type=int, default=0)
@@ -409,7 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``petalgym`` command; bad input prints one ``error:`` line and exits with status 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, after one error: line)
+        return int(exc.code or 0)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)

@@ -7,6 +7,7 @@ the same :class:`~petalgym.simulator.Simulator`, so every comparison goes throug
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -33,10 +34,19 @@ class Decider:
 
     ``rebalance_period_s``: if not None, every online server is offered :meth:`rebalance` at random times,
     uniform in [0, 2 x period] apart (PETALS' balance check).
+
+    ``pure_route``: True promises that :meth:`route` has no side effects (no random draws, no state that
+    changes its later answers) and reads only the view and the request's client, lengths, kv_bytes,
+    route_from, tokens and kept hops. The simulator then skips back-off retries that would see an
+    unchanged swarm (same results, fewer events).
     """
 
     name: str = "decider"
     rebalance_period_s: float | None = None
+    pure_route: bool = False
+    #: Something the decider reports about its run (e.g. that it fell back to another |R|), shown under
+    #: evaluation tables; empty if nothing.
+    note: str = ""
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         """Start of an episode: remember the scenario; ``rng`` is this decider's own random stream."""
@@ -91,7 +101,53 @@ def make_decider(name: str, **kwargs: Any) -> Decider:
         except (ImportError, AttributeError) as exc:
             raise DeciderError(f"decider {name!r}: cannot load {module}:{attr} ({exc})") from exc
         _REGISTRY[name] = factory
+    _check_arguments(name, factory, kwargs)
     return factory(**kwargs)
+
+
+def decider_arguments(name: str) -> dict[str, Any]:
+    """The keyword arguments the decider ``name`` accepts, with their defaults (``inspect.Parameter.empty``
+    for a required one)."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise DeciderError(f"unknown decider {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return _parameters(factory)
+
+
+def _parameters(factory: Callable[..., Decider]) -> dict[str, Any]:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return {}
+    return {
+        p.name: p.default
+        for p in params.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def _check_arguments(name: str, factory: Callable[..., Decider], kwargs: dict[str, Any]) -> None:
+    """DeciderError naming an unknown keyword (and the accepted ones) or a missing required one."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = _parameters(factory)
+    for key in kwargs:
+        if key not in accepted:
+            known = ", ".join(accepted) or "none"
+            raise DeciderError(f"decider {name!r}: unknown argument {key!r} (accepted: {known})")
+    missing = [k for k, default in accepted.items() if default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise DeciderError(
+            f"decider {name!r} needs the argument {missing[0]!r} (e.g. --decider-arg {missing[0]}=...)"
+        )
 
 
 _BUILTIN_LOADED = False
@@ -176,6 +232,7 @@ __all__ = [
     "Placement",
     "Route",
     "ShortestChainDecider",
+    "decider_arguments",
     "decider_names",
     "make_decider",
     "register_decider",

@@ -81,14 +81,9 @@ def _run_task(scenario: Any, spec: RunSpec) -> dict[str, Any]:
     return run_one(dataclasses.replace(spec, scenario=scenario))
 
 
-_REMOTE: dict[int, Any] = {}  # ray.remote wrapper of _run_task, per num_cpus
-
-
 def _remote(ray: Any, num_cpus: float) -> Any:
-    key = int(num_cpus * 1000)
-    if key not in _REMOTE:
-        _REMOTE[key] = ray.remote(num_cpus=num_cpus, max_retries=0)(_run_task)
-    return _REMOTE[key]
+    """The Ray remote function of :func:`_run_task` asking for ``num_cpus`` per task."""
+    return ray.remote(num_cpus=num_cpus, max_retries=0)(_run_task)
 
 
 def run_grid_ray(

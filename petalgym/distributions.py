@@ -67,6 +67,11 @@ class Distribution:
             return float(p["max"])
         return math.inf
 
+    def to_raw(self) -> dict[str, Any]:
+        """The YAML mapping that parses back into this distribution."""
+        params = {k: (list(v) if isinstance(v, list) else v) for k, v in self.params.items()}
+        return {"dist": self.kind, **params}
+
     def sample(self, rng: np.random.Generator, size: int | None = None) -> Any:
         """Draw ``size`` samples (a scalar when ``size`` is None) from ``rng``."""
         p = self.params

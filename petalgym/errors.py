@@ -15,6 +15,10 @@ class InfeasibleScenarioError(ScenarioError):
     """The scenario is well formed but cannot be served (e.g. its servers cannot cover all blocks)."""
 
 
+class UsageError(PetalgymError, ValueError):
+    """A function or command was called with a bad argument (a negative seed, no seeds, ...)."""
+
+
 class DeciderError(PetalgymError, RuntimeError):
     """A decider returned an invalid placement or an infeasible chain."""
 

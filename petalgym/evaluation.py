@@ -9,6 +9,7 @@ plotted (matplotlib bar chart).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -25,7 +26,7 @@ from rich.table import Table
 from scipy import stats
 
 from petalgym.deciders import Decider, make_decider
-from petalgym.errors import PetalgymError
+from petalgym.errors import PetalgymError, UsageError
 from petalgym.scenario import Scenario, load_scenario
 from petalgym.simulator import simulate
 
@@ -42,18 +43,27 @@ DEFAULT_METRICS: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class DeciderSpec:
-    """A decider to build in any process: registry ``name`` + keyword arguments, shown as ``label``."""
+    """A decider to build in any process: registry ``name`` + keyword arguments, shown as ``label``; or a
+    ready :class:`~petalgym.deciders.Decider` ``instance`` (each run gets a deep copy of it)."""
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    instance: Decider | None = None
 
     @property
     def display(self) -> str:
         return self.label or self.name
 
     def build(self) -> Decider:
+        if self.instance is not None:
+            return copy.deepcopy(self.instance)
         return make_decider(self.name, **self.kwargs)
+
+    @classmethod
+    def of(cls, decider: Decider, label: str = "") -> DeciderSpec:
+        """The spec of a ready decider (runs use deep copies of it), shown as ``label`` or its name."""
+        return cls(decider.name, {}, label, decider)
 
     @classmethod
     def parse(cls, text: str) -> DeciderSpec:
@@ -66,7 +76,12 @@ class DeciderSpec:
             key, eq, value = item.partition("=")
             if not eq:
                 raise PetalgymError(f"decider {text!r}: expected name:key=value,key=value")
-            kwargs[key.strip()] = yaml.safe_load(value)
+            try:
+                kwargs[key.strip()] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise PetalgymError(
+                    f"decider {text!r}: the value of {key.strip()!r} is not valid YAML"
+                ) from None
         return cls(name.strip(), kwargs, text.strip() if kwargs else "")
 
 
@@ -81,15 +96,28 @@ class RunSpec:
     setting: str = ""
 
 
+def setting_scenario(base: Scenario | str, overrides: dict[str, Any] | None) -> Scenario:
+    """``base`` with ``overrides`` applied, made once per base scenario object and override set (kept in
+    the base's memo), so the runs of one setting share one scenario and what it memoises (its TimeModel,
+    a decider's offline plan)."""
+    if isinstance(base, str) or not overrides:
+        return load_scenario(base, overrides or None)
+    key = ("evaluation.setting", json.dumps(overrides, sort_keys=True, default=repr))
+    return base.memo(key, lambda: load_scenario(base, overrides))
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Simulate ``spec`` and return one flat row: setting, scenario, decider, seed and the summary."""
-    scenario = load_scenario(spec.scenario, spec.overrides or None)
+    """Simulate ``spec`` and return one flat row: setting, scenario, decider (its ``detail``: the decider's
+    description after the run, and its ``note``, if it reported something), seed and the summary."""
+    scenario = setting_scenario(spec.scenario, spec.overrides)
     decider = spec.decider.build()
     result = simulate(scenario, decider, seed=spec.seed)
     row: dict[str, Any] = {
         "setting": spec.setting or scenario.name,
         "scenario": scenario.name,
         "decider": spec.decider.display,
+        "detail": decider.describe(),
+        "note": decider.note,
         "seed": spec.seed,
     }
     row.update(result.summary())
@@ -179,7 +207,8 @@ class Evaluation:
         return list(dict.fromkeys(r["decider"] for r in self.rows))
 
     def aggregate(self) -> list[dict[str, Any]]:
-        """Per setting x decider: n seeds, mean and 95 % CI half-width of each metric, and (with a
+        """Per setting x decider: n seeds, mean and 95 % CI half-width of each metric over the seeds that
+        have a value (``<metric>_nan`` counts those that do not, e.g. every request failed), and (with a
         reference decider) the mean per-seed reduction of per-token time vs the reference."""
         out = []
         for setting in self.settings():
@@ -194,9 +223,11 @@ class Evaluation:
                     continue
                 agg: dict[str, Any] = {"setting": setting, "decider": decider, "n": len(rows)}
                 for m in self.metrics:
-                    mean, half = confidence_interval([float(r.get(m, math.nan)) for r in rows])
+                    values = [float(r.get(m, math.nan)) for r in rows]
+                    mean, half = confidence_interval(values)
                     agg[m] = mean
                     agg[f"{m}_ci95"] = half
+                    agg[f"{m}_nan"] = sum(math.isnan(v) for v in values)  # seeds without a value
                 if ref and decider != self.reference:
                     red = [
                         1.0 - r["per_token_s"] / ref[r["seed"]]
@@ -217,17 +248,31 @@ class Evaluation:
         for agg in self.aggregate():
             cells = [agg["setting"], agg["decider"], str(agg["n"])]
             for m in self.metrics:
-                cells.append(format_pm(agg[m], agg[f"{m}_ci95"]))
+                cell = format_pm(agg[m], agg[f"{m}_ci95"])
+                missing = agg[f"{m}_nan"]
+                cells.append(f"{cell} ({missing} of {agg['n']} seeds without)" if missing else cell)
             if self.reference:
                 red = agg.get("reduction")
                 cells.append("-" if red is None else format_pm(red, agg["reduction_ci95"], None, 100, "%"))
             rows.append(cells)
         return header, rows
 
+    def notes(self) -> list[str]:
+        """What deciders reported about their runs (``Decider.note``, e.g. a CG-BP |R| fallback), once
+        per setting x decider x distinct note."""
+        out = []
+        for r in self.rows:
+            if r.get("note"):
+                note = f"{r['setting']} / {r['decider']}: {r['note']}"
+                if note not in out:
+                    out.append(note)
+        return out
+
     def table(self, title: str = "Evaluation") -> Table:
-        """A rich table of the aggregates: mean ± 95 % CI per metric."""
+        """A rich table of the aggregates: mean ± 95 % CI per metric (notes: :meth:`notes`)."""
         header, rows = self._header_and_cells()
-        table = Table(title=title)
+        notes = self.notes()
+        table = Table(title=title, caption="\n".join(notes) if notes else None)
         for i, name in enumerate(header):
             table.add_column(name, justify="left" if i < 2 else "right")
         for cells in rows:
@@ -242,6 +287,7 @@ class Evaluation:
             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|",
         ]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in rows]
+        lines += [f"\n_Note: {note}._" for note in self.notes()]
         text = "\n".join(lines) + "\n"
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +349,7 @@ class Evaluation:
 
 def evaluate(
     scenario: Scenario | str,
-    deciders: Iterable[DeciderSpec | str],
+    deciders: Iterable[DeciderSpec | Decider | str],
     seeds: Iterable[int],
     *,
     settings: dict[str, dict[str, Any]] | None = None,
@@ -315,15 +361,40 @@ def evaluate(
 ) -> Evaluation:
     """Run every decider on ``scenario`` for every seed (and every named override set in ``settings``).
 
-    Returns an :class:`Evaluation`; ``reference`` names the decider reductions are computed against.
+    ``deciders``: registered names (``"milp:solver=cbc"``), :class:`DeciderSpec` or ready
+    :class:`~petalgym.deciders.Decider` instances (each run gets a deep copy). Before any simulation,
+    every decider is built once and every setting loaded, so a bad name, argument, file or override
+    fails at once; seeds must be integers >= 0 and at least one. Returns an :class:`Evaluation`;
+    ``reference`` names the decider reductions are computed against.
     """
-    specs_d = [d if isinstance(d, DeciderSpec) else DeciderSpec.parse(d) for d in deciders]
+    specs_d = [
+        d
+        if isinstance(d, DeciderSpec)
+        else DeciderSpec.of(d)
+        if isinstance(d, Decider)
+        else DeciderSpec.parse(d)
+        for d in deciders
+    ]
+    if not specs_d:
+        raise UsageError("evaluate: no decider given")
+    labels = [d.display for d in specs_d]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup is not None:
+        raise UsageError(f"evaluate: two deciders are labelled {dup!r}; give them distinct labels")
+    seeds = list(seeds)
+    if not seeds:
+        raise UsageError("evaluate: no seeds given (need at least one)")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"evaluate: seeds must be integers >= 0, got {seed!r}")
     settings = settings or {"": {}}
     base = load_scenario(scenario)
     for overrides in settings.values():  # fail fast on bad overrides, before any simulation
-        load_scenario(base, overrides or None)
+        setting_scenario(base, overrides)
+    for d in specs_d:  # ... and on bad deciders (unknown names or arguments, missing model files)
+        d.build()
     specs = [
-        RunSpec(base, d, seed, overrides, setting or base.name)
+        RunSpec(base, d, int(seed), overrides, setting or base.name)
         for setting, overrides in settings.items()
         for d in specs_d
         for seed in seeds

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from petalgym.scenario import GpuProfile, ModelSpec, Scenario
+
+if TYPE_CHECKING:
+    from petalgym.swarm import Request
 
 
 class Hop(NamedTuple):
@@ -152,16 +155,7 @@ class TimeModel:
         self._pslope = self.prefill_slope.tolist()
         self._pbase = self.prefill_base.tolist()
 
-    # t_cj, tI_cj, tau_j, tauI_j -----------------------------------------------------------------
-    def t_prefill(self, client: int, l_in: int) -> np.ndarray:
-        """tI_cj for all servers j: rtt + prefill_per_token l_in + prefill overhead, shape (S,)."""
-        o = self._o
-        return self.rtt[client] + o.prefill_per_token_s * l_in + o.prefill_overhead_s
-
-    def tau_prefill(self, l_in: int) -> np.ndarray:
-        """tauI_j(l_in) for all servers, shape (S,)."""
-        return self.prefill_slope * l_in + self.prefill_base
-
+    # per hop ----------------------------------------------------------------------------------------
     def hop_costs(self, client: int, l_in: int, l_out: int) -> tuple[list[float], list[float]]:
         """Per-server (fixed, per-block) cost of a hop in total request time:
         fixed_j = tI_cj + (l_out - 1) t_cj and per_block_j = tauI_j(l_in) + (l_out - 1) tau_j."""
@@ -194,6 +188,32 @@ class TimeModel:
         tt = self._t_token[client]
         return sum(tt[h.server] + (h.end - h.start) * self._tau[h.server] for h in chain)
 
+    def segment_times(self, request: Request, hops: Sequence[Hop]) -> tuple[float, float, float]:
+        """(first, token, duration) of ``request`` started now on its kept hops + ``hops``, in seconds.
+
+        The one timing rule of a (re)started request; the simulator, the environments and the deciders
+        all use it. A fresh request: ``first`` = initial delay + prefill of l_in over the whole chain.
+        A recovery (``request.kept`` hops kept upstream, ``hops`` from ``route_from`` to L): the
+        interrupted token is redone -- its step through the kept hops, then a prefill of the replayed
+        ``history_tokens`` on the new hops, whose last position IS that token's step (as in PETALS'
+        InferenceSession.step). ``token`` = decode time over the whole chain; ``duration`` = first +
+        (tokens left - 1) x token, the time from the start to the last token.
+        """
+        kept = request.kept
+        client = request.client
+        token = (
+            self.token_time(kept, client) + self.token_time(hops, client)
+            if kept
+            else self.token_time(hops, client)
+        )
+        if request.is_recovery:
+            first = (self.token_time(kept, client) if kept else 0.0) + self.prefill_time(
+                hops, client, request.history_tokens
+            )
+        else:
+            first = self.initial_delay + self.prefill_time(hops, client, request.l_in)
+        return first, token, first + (request.l_out - request.tokens_done - 1) * token
+
     def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:
         """T_c(p) = D0 + prefill + (l_out - 1) x per-token time, seconds."""
         return (
@@ -206,6 +226,16 @@ class TimeModel:
         """CG-BPRR's t~_j = tau_j + t*_j / m_j with t*_j = max_c t_cj (seconds per block per token)."""
         t_star = float(self.t_token[:, server].max())
         return self._tau[server] + t_star / num_blocks
+
+
+def remaining_lengths(request: Request) -> tuple[int, int]:
+    """(prompt tokens to prefill, tokens still to produce) of ``request``'s next route: (l_in, l_out) for
+    a fresh request; (history_tokens, l_out - tokens_done) for a recovery. With them
+    :meth:`TimeModel.hop_costs` prices the new hops exactly as :meth:`TimeModel.segment_times` times them
+    (up to a constant per request: the initial delay, or the kept hops' token time per token left)."""
+    if request.is_recovery:
+        return request.history_tokens, request.l_out - request.tokens_done
+    return request.l_in, request.l_out
 
 
 # --------------------------------------------------------------------------------------------------

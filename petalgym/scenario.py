@@ -15,7 +15,7 @@ import csv
 import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +175,16 @@ class PetalsConstants:
     balance_quality: float = 0.75
     mean_balance_check_period_s: float = 120.0
     rebalance: bool = True
-    backoff_cap_s: float = 60.0
     hop_overhead_s: float = 0.018
     lacking_cache_penalty_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The simulator's own mechanics, not any decider's: a back-off retry waits 1, 2, 4, ... s, each wait
+    capped at ``backoff_cap_s`` (the paper's emulation of PETALS' retries)."""
+
+    backoff_cap_s: float = 60.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,6 +203,7 @@ class Scenario:
     churn: Churn
     overheads: Overheads = field(default_factory=Overheads)
     petals: PetalsConstants = field(default_factory=PetalsConstants)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     base_dir: Path | None = field(default=None, repr=False)  # resolves relative trace/topology paths
     _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -528,6 +536,18 @@ def _parse_clients(value: Any, where: str) -> list[tuple[str, int | None, float]
     return out
 
 
+_NETWORK_FIELDS = {
+    "kind",
+    "rtt_ms",
+    "intra_rtt_ms",
+    "inter_rtt_ms",
+    "cluster_rtt_ms",
+    "topology",
+    "seed",
+    "low_degree",
+}
+
+
 def _parse_network(
     value: Any,
     where: str,
@@ -535,89 +555,80 @@ def _parse_network(
     clients: list[tuple[str, int | None, float]],
     base_dir: Path | None,
 ) -> tuple[Network, list[int], list[int]]:
-    sec = _Section(
-        value,
-        where,
-        {
-            "kind",
-            "rtt_ms",
-            "intra_rtt_ms",
-            "inter_rtt_ms",
-            "cluster_rtt_ms",
-            "topology",
-            "seed",
-            "low_degree",
-        },
-    )
+    """The network section: (RTTs, server locations, client locations), by one parser per ``kind``."""
+    sec = _Section(value, where, _NETWORK_FIELDS)
     if not sec.data:
         raise ScenarioError(f"{where}: missing required section")
     kind = sec.string("kind", choices=("matrix", "clusters", "topology"))
-    n_s, n_c = len(servers), len(clients)
     s_loc = [loc for _, _, loc in servers]
     c_loc = [loc for _, loc, _ in clients]
     if kind == "matrix":
-        rtt = sec.raw("rtt_ms")
-        try:
-            arr = np.asarray(rtt, dtype=float)
-        except (TypeError, ValueError, OverflowError):
-            raise ScenarioError(
-                f"{sec.at('rtt_ms')}: expected a clients x servers matrix of numbers, got {_show(rtt)}"
-            ) from None
-        if arr.shape != (n_c, n_s):
-            raise ScenarioError(
-                f"{sec.at('rtt_ms')}: expected shape {n_c} clients x {n_s} servers, got {arr.shape}"
-            )
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1e7):
-            bad = arr[~(np.isfinite(arr) & (arr >= 0) & (arr <= 1e7))][0]
-            raise ScenarioError(
-                f"{sec.at('rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms, got {bad:g}"
-            )
-        return Network("matrix", arr / 1e3), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
+        return _matrix_network(sec, s_loc, c_loc)
     if kind == "clusters":
-        locs = [v for v in s_loc + c_loc]
-        if any(v is None for v in locs):
-            raise ScenarioError(
-                f"{where}: kind 'clusters' needs a 'location' (cluster index) on every server and client"
-            )
-        n_clusters = max(locs) + 1
-        if sec.has("cluster_rtt_ms"):
-            try:
-                mat = np.asarray(sec.raw("cluster_rtt_ms"), dtype=float)
-            except (TypeError, ValueError, OverflowError):
-                raise ScenarioError(
-                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix of numbers, "
-                    f"got {_show(sec.raw('cluster_rtt_ms'))}"
-                ) from None
-            if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
-                raise ScenarioError(
-                    f"{sec.at('cluster_rtt_ms')}: expected a square matrix covering {n_clusters} clusters, "
-                    f"got shape {mat.shape}"
-                )
-            if not np.all(np.isfinite(mat)) or np.any(mat < 0) or np.any(mat > 1e7):
-                bad = mat[~(np.isfinite(mat) & (mat >= 0) & (mat <= 1e7))][0]
-                raise ScenarioError(
-                    f"{sec.at('cluster_rtt_ms')}: entries must be finite, >= 0 and <= 1e7 ms, got {bad:g}"
-                )
-        else:  # cluster indices are labels: no (n_clusters x n_clusters) matrix, which may be huge
-            intra = sec.num("intra_rtt_ms", maximum=1e7)
-            inter = sec.num("inter_rtt_ms", maximum=1e7)
-            same = np.asarray(c_loc)[:, None] == np.asarray(s_loc)[None, :]
-            return Network("clusters", np.where(same, intra, inter) / 1e3), s_loc, c_loc  # type: ignore[arg-type]
-        rtt = mat[np.ix_(c_loc, s_loc)] / 1e3
-        return Network("clusters", rtt), s_loc, c_loc  # type: ignore[arg-type]
-    # topology
-    topo_name = sec.string("topology")
-    ref = topo_name
-    if base_dir is not None and topo_name.lower() not in ("abovenet", "bellcanada", "gtsce"):
-        candidate = base_dir / topo_name
-        if is_file(candidate):
-            ref = str(candidate)
+        return _cluster_network(sec, s_loc, c_loc)
+    return _topology_network(sec, s_loc, c_loc, base_dir)
+
+
+def _rtt_matrix(sec: _Section, key: str, what: str) -> np.ndarray:
+    """The matrix of RTTs (ms) under ``key``: numbers, finite, in [0, 1e7]; ``what`` names its shape."""
+    raw = sec.raw(key)
     try:
-        topo = load_topology(ref)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{sec.at('topology')}: {exc}") from None
+        arr = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise ScenarioError(f"{sec.at(key)}: expected {what} of numbers, got {_show(raw)}") from None
+    ok = np.isfinite(arr) & (arr >= 0) & (arr <= 1e7)
+    if arr.ndim == 2 and not ok.all():
+        raise ScenarioError(f"{sec.at(key)}: entries must be finite, >= 0 and <= 1e7 ms, got {arr[~ok][0]:g}")
+    return arr
+
+
+def _matrix_network(
+    sec: _Section, s_loc: list[int | None], c_loc: list[int | None]
+) -> tuple[Network, list[int], list[int]]:
+    """kind: matrix -- ``rtt_ms`` gives every client x server RTT."""
+    n_c, n_s = len(c_loc), len(s_loc)
+    arr = _rtt_matrix(sec, "rtt_ms", "a clients x servers matrix")
+    if arr.shape != (n_c, n_s):
+        raise ScenarioError(
+            f"{sec.at('rtt_ms')}: expected shape {n_c} clients x {n_s} servers, got {arr.shape}"
+        )
+    return Network("matrix", arr / 1e3), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
+
+
+def _cluster_network(
+    sec: _Section, s_loc: list[int | None], c_loc: list[int | None]
+) -> tuple[Network, list[int], list[int]]:
+    """kind: clusters -- every server and client sits in a cluster; RTTs by ``cluster_rtt_ms`` (a
+    matrix) or ``intra_rtt_ms`` / ``inter_rtt_ms``."""
+    if any(v is None for v in s_loc + c_loc):
+        raise ScenarioError(
+            f"{sec.where}: kind 'clusters' needs a 'location' (cluster index) on every server and client"
+        )
+    servers, clients = [int(v) for v in s_loc], [int(v) for v in c_loc]  # type: ignore[arg-type]
+    if not sec.has("cluster_rtt_ms"):  # cluster indices are labels: no (n x n) matrix, which may be huge
+        intra = sec.num("intra_rtt_ms", maximum=1e7)
+        inter = sec.num("inter_rtt_ms", maximum=1e7)
+        same = np.asarray(clients)[:, None] == np.asarray(servers)[None, :]
+        return Network("clusters", np.where(same, intra, inter) / 1e3), servers, clients
+    n_clusters = max(servers + clients) + 1
+    mat = _rtt_matrix(sec, "cluster_rtt_ms", "a square matrix")
+    if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
+        raise ScenarioError(
+            f"{sec.at('cluster_rtt_ms')}: expected a square matrix covering {n_clusters} clusters, "
+            f"got shape {mat.shape}"
+        )
+    return Network("clusters", mat[np.ix_(clients, servers)] / 1e3), servers, clients
+
+
+def _topology_network(
+    sec: _Section, s_loc: list[int | None], c_loc: list[int | None], base_dir: Path | None
+) -> tuple[Network, list[int], list[int]]:
+    """kind: topology -- servers and clients on nodes of a Topology Zoo graph (given, or drawn with
+    ``seed``: servers on distinct nodes of the largest component, clients on low-degree nodes); raw RTT
+    = 2 x the shortest-path delay."""
+    topo = _load_network_topology(sec, base_dir)
     rng = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1))
-    n_nodes = topo.num_nodes
+    n_nodes, n_s = topo.num_nodes, len(s_loc)
     for i, v in enumerate(s_loc + c_loc):
         if v is not None and v >= n_nodes:
             who = f"servers[{i}]" if i < n_s else f"clients[{i - n_s}]"
@@ -628,21 +639,39 @@ def _parse_network(
     need = sum(v is None for v in s_loc)
     if need > len(free):
         raise ScenarioError(
-            f"{where}: cannot place {need} servers on distinct nodes: topology {topo.name} has only "
+            f"{sec.where}: cannot place {need} servers on distinct nodes: topology {topo.name} has only "
             f"{len(free)} free nodes in its largest component"
         )
     picks = list(rng.choice(free, size=need, replace=False)) if need else []
     s_nodes = [int(v) if v is not None else int(picks.pop(0)) for v in s_loc]
-    max_deg = sec.num("low_degree", 2, integer=True, minimum=1)
-    used = set(s_nodes)
+    low = _low_degree_nodes(topo, component, set(s_nodes), sec.num("low_degree", 2, integer=True, minimum=1))
+    c_nodes = [int(v) if v is not None else int(rng.choice(low)) for v in c_loc]
+    return Network("topology", topo.rtt_matrix(c_nodes, s_nodes), topology=topo.name), s_nodes, c_nodes
+
+
+def _load_network_topology(sec: _Section, base_dir: Path | None) -> Any:
+    """The topology named by ``topology``: a shipped one, or a file relative to the scenario's folder."""
+    name = sec.string("topology")
+    ref = name
+    if base_dir is not None and name.lower() not in ("abovenet", "bellcanada", "gtsce"):
+        candidate = base_dir / name
+        if is_file(candidate):
+            ref = str(candidate)
+    try:
+        return load_topology(ref)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{sec.at('topology')}: {exc}") from None
+
+
+def _low_degree_nodes(topo: Any, component: list[int], used: set[int], max_degree: int) -> list[int]:
+    """Nodes for clients: of degree <= ``max_degree`` among the component's nodes no server uses (all
+    its nodes if every one is used), else those of the least degree."""
     pool = [v for v in component if v not in used] or list(component)
-    low = [v for v in pool if topo.degree(v) <= max_deg]
+    low = [v for v in pool if topo.degree(v) <= max_degree]
     if not low:
         dmin = min(topo.degree(v) for v in pool)
         low = [v for v in pool if topo.degree(v) == dmin]
-    c_nodes = [int(v) if v is not None else int(rng.choice(low)) for v in c_loc]
-    rtt = topo.rtt_matrix(c_nodes, s_nodes)
-    return Network("topology", rtt, topology=topo.name), s_nodes, c_nodes
+    return low
 
 
 def _trace_rows(path: Path, where: str, n_clients: int) -> list[tuple[float, int, int, int]]:
@@ -702,13 +731,55 @@ def _read_trace(path_value: str, where: str, base_dir: Path | None, n_clients: i
     )
 
 
+def _inline_trace(sec: _Section, n_clients: int) -> Trace:
+    """A trace written into the scenario: equal-length lists ``arrival_s``, ``l_in``, ``l_out`` and
+    optionally ``client`` (as :func:`with_workload` writes a Trace)."""
+    columns = {}
+    for key in ("arrival_s", "l_in", "l_out", "client"):
+        if key == "client" and not sec.has("client"):
+            continue
+        values = sec.items(key)
+        columns[key] = values
+    sizes = {len(v) for v in columns.values()}
+    if len(sizes) != 1:
+        raise ScenarioError(f"{sec.where}: arrival_s, l_in, l_out and client need the same length")
+    n = sizes.pop()
+    client = columns.get("client", [0] * n)
+    rows = []
+    for i in range(n):
+        t, li, lo, c = columns["arrival_s"][i], columns["l_in"][i], columns["l_out"][i], client[i]
+        ok = (
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (t, li, lo, c))
+            and math.isfinite(t)
+            and t >= 0
+            and all(float(x).is_integer() for x in (li, lo, c))
+            and 1 <= li <= _MAX_TOKENS
+            and 1 <= lo <= _MAX_TOKENS
+            and 0 <= c < n_clients
+        )
+        if not ok:
+            raise ScenarioError(
+                f"{sec.where}[{i}]: need arrival_s >= 0, l_in and l_out in 1..1e7 and client in "
+                f"0..{n_clients - 1}, got {_show((t, li, lo, c))}"
+            )
+        rows.append((float(t), int(li), int(lo), int(c)))
+    rows.sort(key=lambda r: r[0])
+    arr = np.asarray(rows, dtype=float)
+    return Trace(
+        arr[:, 0], arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64), arr[:, 3].astype(np.int64)
+    )
+
+
 def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: int) -> Workload:
     sec = _Section(
         value, where, {"arrival_rate", "num_requests", "horizon_s", "l_in", "l_out", "trace", "max_wait_s"}
     )
     trace = None
     if sec.has("trace"):
-        trace = _read_trace(sec.string("trace"), sec.at("trace"), base_dir, n_clients)
+        if isinstance(sec.raw("trace"), dict):
+            trace = _inline_trace(sec.section("trace", {"arrival_s", "l_in", "l_out", "client"}), n_clients)
+        else:
+            trace = _read_trace(sec.string("trace"), sec.at("trace"), base_dir, n_clients)
     rate = sec.num("arrival_rate", 0.0 if trace is not None else _MISSING, strict=trace is None, maximum=1e6)
     n_req = sec.num("num_requests", None, integer=True, minimum=1, maximum=_MAX_REQUESTS)
     horizon = sec.num("horizon_s", None, strict=True)
@@ -779,6 +850,11 @@ def _parse_overheads(value: Any, where: str) -> Overheads:
 
 def _parse_petals(value: Any, where: str) -> PetalsConstants:
     d = PetalsConstants()
+    if isinstance(value, dict) and "backoff_cap_s" in value:
+        raise ScenarioError(
+            f"{where}.backoff_cap_s: the back-off cap is the simulator's, not PETALS': set "
+            "simulation.backoff_cap_s instead"
+        )
     sec = _Section(value, where, set(d.__dataclass_fields__))
     return PetalsConstants(
         attn_cache_tokens=sec.num("attn_cache_tokens", d.attn_cache_tokens, integer=True, minimum=1),
@@ -788,9 +864,16 @@ def _parse_petals(value: Any, where: str) -> PetalsConstants:
             "mean_balance_check_period_s", d.mean_balance_check_period_s, strict=True
         ),
         rebalance=sec.boolean("rebalance", d.rebalance),
-        backoff_cap_s=sec.num("backoff_cap_s", d.backoff_cap_s, strict=True),
         hop_overhead_s=sec.num("hop_overhead_s", d.hop_overhead_s),
         lacking_cache_penalty_s=sec.num("lacking_cache_penalty_s", d.lacking_cache_penalty_s),
+    )
+
+
+def _parse_simulation(value: Any, where: str) -> SimulationSettings:
+    d = SimulationSettings()
+    sec = _Section(value, where, set(d.__dataclass_fields__))
+    return SimulationSettings(
+        backoff_cap_s=sec.num("backoff_cap_s", d.backoff_cap_s, strict=True, maximum=1e7)
     )
 
 
@@ -806,6 +889,7 @@ _TOP_FIELDS = {
     "churn",
     "overheads",
     "petals",
+    "simulation",
 }
 
 
@@ -857,6 +941,7 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
         churn=_parse_churn(top.data.get("churn"), "churn"),
         overheads=_parse_overheads(top.data.get("overheads"), "overheads"),
         petals=_parse_petals(top.data.get("petals"), "petals"),
+        simulation=_parse_simulation(top.data.get("simulation"), "simulation"),
         raw=copy.deepcopy(data),
         base_dir=base_dir,
     )
@@ -960,5 +1045,20 @@ def load_scenario(name_or_path: str | Path | Scenario, overrides: dict[str, Any]
 
 
 def with_workload(scenario: Scenario, **changes: Any) -> Scenario:
-    """A copy of ``scenario`` whose :class:`Workload` has ``changes`` (typed values, no re-validation)."""
-    return replace(scenario, workload=replace(scenario.workload, **changes))
+    """``scenario`` with workload fields changed: numbers, None (the default), a :class:`Trace` (written
+    into the scenario) or a :class:`~petalgym.distributions.Distribution`. The one override path:
+    the changes become dotted-path overrides of the scenario's YAML, re-validated, so later
+    :meth:`Scenario.with_overrides` calls keep them."""
+    overrides = {}
+    for key, value in changes.items():
+        if isinstance(value, Trace):
+            value = {
+                "arrival_s": [float(x) for x in value.arrival_s],
+                "l_in": [int(x) for x in value.l_in],
+                "l_out": [int(x) for x in value.l_out],
+                "client": [int(x) for x in value.client],
+            }
+        elif isinstance(value, Distribution):
+            value = value.to_raw()
+        overrides[f"workload.{key}"] = value
+    return scenario.with_overrides(overrides)

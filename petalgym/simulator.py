@@ -9,17 +9,32 @@ Mechanics (see the README's "Simulator" section):
 
 * arrivals, lengths and clients come from the scenario's workload (Poisson or trace), pre-drawn per seed;
 * a request holds ``k * s_c`` bytes of cache on every server of its chain (k = blocks processed there)
-  from its start to its completion; time follows the performance model (no processor sharing);
+  from its start to its completion; time follows the performance model (no processor sharing), timed by
+  :meth:`~petalgym.perfmodel.TimeModel.segment_times`;
 * if its chain lacks cache now, a request either waits for the exact earliest time the whole chain fits
-  (a reservation that later requests may not delay) or, PETALS-style, retries after 1, 2, 4, ... s
-  (capped at ``petals.backoff_cap_s``), routed again each time;
+  (a reservation that later requests may not delay) or, PETALS-style, retries after 1, 2, 4, ... s, each
+  wait capped at ``simulation.backoff_cap_s`` (capped retries fall at anchor + k x cap), routed again
+  each time;
 * with churn, each server alternates lifetime / downtime; a failure interrupts its sessions at once, a
-  departure stops new sessions and interrupts what is left after ``drain_timeout_s``; interrupted sessions
-  keep their upstream hops, are re-routed from the lost hop's first block, and replay a prefill over the
-  l_in + generated tokens on the new hops (the interrupted token is redone: its step on the kept hops,
-  then the replay); the back-off of a new wait starts again at 1 s; a request with no chain for
-  ``no_chain_timeout_s`` fails;
+  departure stops new sessions and interrupts what is left after ``drain_timeout_s``. Every departure at
+  one instant is applied before any decision at that instant is asked. An interrupted session keeps its
+  upstream hops: their servers keep holding its cache while it is re-routed from the lost hop's first
+  block and while it waits for a reservation (a kept hop's cache outranks later reservations: those that
+  would overflow are cancelled and re-planned). It replays a prefill over the l_in + generated tokens on
+  the new hops (the interrupted token is redone: its step on the kept hops, then the replay). While a
+  recovery backs off or finds no chain its kept cache is held for a time not known yet (nobody can plan
+  to use it; a request that can only wait for it backs off); a kept hop is given up only when its own
+  server leaves, drains or moves. The back-off of a new wait starts again at 1 s; a request with no
+  chain for ``no_chain_timeout_s`` fails;
 * a rejoining (or rebalancing) server reloads its blocks at ``load_s_per_gb``.
+
+Interrupted requests are re-routed before requests whose reservations were cancelled by the same event.
+
+Back-off retries of a decider whose routing is a pure function of the swarm (``Decider.pure_route``)
+are skipped while they would see a swarm in which they would only back off again: fresh requests in the
+capped phase sleep without events, and after each change of the swarm one question per kind of request
+(same client and lengths) decides whether the next of them to retry would start. Results are identical
+to retrying every time (``skip_retries=False``), with far fewer events under overload.
 
 Every random stream derives from the seed (``numpy.random.SeedSequence``): the workload, the initial join
 order, each server's churn and the rebalance clock use separate streams, so different deciders see the
@@ -32,6 +47,7 @@ import csv
 import heapq
 import math
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -40,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petalgym.errors import DeciderError
+from petalgym.errors import DeciderError, UsageError
 from petalgym.perfmodel import Chain, Hop, Placement, TimeModel, chain_errors
 from petalgym.scenario import Scenario, max_blocks_on
 from petalgym.swarm import (
@@ -50,6 +66,7 @@ from petalgym.swarm import (
     ServerStatus,
     SwarmView,
     earliest_start,
+    hop_needs,
     max_usage,
 )
 
@@ -61,7 +78,15 @@ _COMPLETE, _START, _JOIN_READY, _LEAVE, _DRAIN_END, _REJOIN, _ARRIVAL, _RETRY, _
     10
 )
 
+#: Events at the current instant up to this kind (completions, reservation starts, joins, departures)
+#: are applied before a decision at that instant is asked.
+_BEFORE_DECISIONS = _DRAIN_END
+
 _WAIT_EPS = 1e-9  # s: a back-off retry this close to the end of max_wait_s counts as at the end
+_PHASE_TOL = 1e-12  # relative: capped retries whose phases differ by less are compared exactly
+#: Kinds of request (client, lengths) that may sleep at once: each change of the swarm asks the decider
+#: once per kind, so with many kinds (length distributions) the others keep their retry events.
+_MAX_SLEEPER_KINDS = 4
 
 _RUNNING, _WAITING, _ROUTING, _STALLED = (
     RequestStatus.RUNNING,
@@ -148,6 +173,92 @@ class SimulationResult:
         return path
 
 
+def backoff_s(retries: int, cap: float) -> float:
+    """The wait (s) before back-off retry number ``retries``: 1, 2, 4, ... s, capped at ``cap``."""
+    return min(2.0 ** min(retries - 1, 1023), cap)
+
+
+class _Sleepers:
+    """Fresh requests of one kind (client, lengths) backing off at the cap interval, without events.
+
+    Member r retries at ``anchor + k * cap`` for k >= ``step`` up to its last retry ``final`` (when its
+    waiting budget runs out; inf without one). ``phases`` orders the members by ``anchor mod cap`` (exact
+    in IEEE arithmetic), so the member whose next retry comes first after a time is found by bisection.
+    """
+
+    __slots__ = ("generation", "members", "phases", "wake")
+
+    def __init__(self) -> None:
+        self.members: dict[int, list] = {}  # rid -> [request, anchor, step, final, in phases]
+        self.phases: list[tuple[float, int]] = []
+        self.generation = 0  # bumped when the wake-up changes: wake-up events of older ones are stale
+        self.wake: tuple[float, int] | None = None  # (time, request id) of the scheduled wake-up
+
+    def add(self, req: Request, anchor: float, step: int, final: float, cap: float) -> None:
+        self.members[req.id] = [req, anchor, step, final, True]
+        insort(self.phases, (math.fmod(anchor, cap), req.id))
+
+    def remove(self, rid: int, cap: float) -> list:
+        member = self.members.pop(rid)
+        if member[4]:
+            self._unphase(rid, member[1], cap)
+        return member
+
+    def _unphase(self, rid: int, anchor: float, cap: float) -> None:
+        i = bisect_left(self.phases, (math.fmod(anchor, cap), rid))
+        del self.phases[i]
+
+    def first_retry(self, position: tuple[float, int, int], cap: float) -> tuple[float, int, Request] | None:
+        """(time, step, request) of the member whose next capped retry comes first after ``position``
+        (a (time, kind, order) event position), ties by request id; None if none before its last retry.
+        Members with no capped retry left before their last retry leave ``phases``."""
+        phases = self.phases
+        n = len(phases)
+        if not n:
+            return None
+        t = position[0]
+        x = math.fmod(t, cap)
+        tol = _PHASE_TOL * max(1.0, abs(t))
+        first = bisect_left(phases, (x - tol, -1))
+        best: tuple[float, int, int, Request] | None = None
+        best_delta = math.inf
+        done: list[int] = []
+        for k in range(n):
+            phase, rid = phases[(first + k) % n]
+            delta = (phase - x) % cap
+            if delta > best_delta + 2 * tol and cap - delta > 2 * tol:
+                break
+            member = self.members[rid]
+            req, anchor, step, final, _ = member
+            step = _next_step(anchor, step, cap, position, rid)
+            when = anchor + step * cap
+            if when >= final:
+                done.append(rid)
+                continue
+            if best is None or (when, rid) < (best[0], best[2]):
+                best = (when, step, rid, req)
+                best_delta = when - t
+        for rid in done:
+            member = self.members[rid]
+            member[4] = False
+            self._unphase(rid, member[1], cap)
+        return None if best is None else (best[0], best[1], best[3])
+
+
+def _next_step(anchor: float, step: int, cap: float, position: tuple[float, int, int], rid: int) -> int:
+    """The smallest k >= ``step`` whose retry (anchor + k cap, _RETRY, rid) comes after ``position``."""
+    k = max(step, int((position[0] - anchor) // cap))
+    while k > step and _after(anchor + (k - 1) * cap, rid, position):
+        k -= 1
+    while not _after(anchor + k * cap, rid, position):
+        k += 1
+    return k
+
+
+def _after(when: float, rid: int, position: tuple[float, int, int]) -> bool:
+    return when > position[0] or (when == position[0] and (_RETRY, rid) > position[1:])
+
+
 class Simulator:
     """Discrete-event simulator of one swarm episode (see the module docstring).
 
@@ -158,6 +269,8 @@ class Simulator:
             uniform in [0, 2 x period] (PETALS' balance check). :meth:`run` replaces it by its decider's
             ``rebalance_period_s`` (read after the decider's ``reset``).
         check_invariants: verify memory, chain and conservation invariants after every event (slow; tests).
+        skip_retries: skip the back-off retries of :attr:`retry_decider` that would only back off again
+            (identical results, fewer events); False retries every time.
     """
 
     def __init__(
@@ -167,17 +280,24 @@ class Simulator:
         *,
         rebalance_period_s: float | None = None,
         check_invariants: bool = False,
+        skip_retries: bool = True,
     ):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UsageError(f"seed must be an integer >= 0, got {seed!r}")
         self.scenario = scenario
         self.seed = int(seed)
         self.rebalance_period_s = rebalance_period_s
         self.check = check_invariants
+        self.skip_retries = skip_retries
+        #: The decider that answers back-off retries (set by :meth:`run`); its retries are skipped only if
+        #: its ``pure_route`` is True.
+        self.retry_decider: Decider | None = None
         self.time_model = scenario.memo("TimeModel", lambda: TimeModel(scenario))
         model = scenario.model
         self.num_blocks = model.num_blocks
         self._block_bytes = model.block_bytes
         self._max_wait = scenario.workload.max_wait_s
-        self._backoff_cap = scenario.petals.backoff_cap_s
+        self._backoff_cap = scenario.simulation.backoff_cap_s
         self._churn = scenario.churn
         ss = np.random.SeedSequence(self.seed)
         wl_ss, join_ss, churn_ss, rebal_ss, dec_ss = ss.spawn(5)
@@ -194,11 +314,17 @@ class Simulator:
         self.decisions = {k.name: 0 for k in DecisionKind}
         self.interruptions: dict[str, int] = {}  # sessions interrupted, by cause
         self.leaves: dict[str, int] = {}  # servers gone offline, by cause
+        self.kept_released: dict[str, int] = {}  # recoveries that gave kept hops up, by cause
         self.moves = 0  # rebalancing moves
+        self.skipped_retries = 0
         self._heap: list[tuple] = []
         self._seq = 0
+        self._position: tuple[float, int, int] = (0.0, -1, -1)  # (time, kind, order) of the last event
         self._pending: deque[Decision] = deque()
         self._stalled: dict[int, Request] = {}
+        self._sleepers: dict[tuple[int, int, int, int], _Sleepers] = {}
+        self._changes = 0  # bumped by every change of cache, reservations, status or placement
+        self._evaluated = 0
         self._downtime = [0.0] * scenario.num_servers
         self._epoch = [0] * scenario.num_servers  # bumped when a server goes offline (churn cycle)
         self._leave_pending = [False] * scenario.num_servers
@@ -271,9 +397,12 @@ class Simulator:
     # ----------------------------------------------------------------------------------------------
     # Event queue
     # ----------------------------------------------------------------------------------------------
-    def _push(self, t: float, kind: int, target: Any, version: Any) -> None:
+    def _push(self, t: float, kind: int, target: Any, version: Any, order: int | None = None) -> None:
+        """Schedule an event. Simultaneous events run by kind, then by ``order`` (default: first pushed
+        first; back-off retries pass the request id, so simultaneous retries run in request order)."""
         self._seq += 1
-        heapq.heappush(self._heap, (t, kind, self._seq, target, version))
+        seq = self._seq
+        heapq.heappush(self._heap, (t, kind, seq if order is None else order, seq, target, version))
 
     @property
     def done(self) -> bool:
@@ -281,29 +410,37 @@ class Simulator:
         return not self._pending and self._next_arrival >= len(self._arr_t) and self.in_flight == 0
 
     def next_decision(self) -> Decision | None:
-        """Advance until a decision is needed; return it (still pending) or None at the end of the episode."""
+        """Advance until a decision is needed; return it (still pending) or None at the end of the episode.
+
+        Before a decision at time t is returned, every completion, reservation start, join and departure
+        at t has been applied (so no request is routed onto a server that leaves at the same instant)."""
         pending = self._pending
+        heap = self._heap
         while not pending:
             if self._next_arrival >= len(self._arr_t) and self.in_flight == 0:
                 return None
-            if not self._heap:
+            if not heap:
                 raise RuntimeError(
                     f"simulator stalled at t={self.now:.3f}s with {self.in_flight} request(s) in flight and "
-                    "no "
-                    "pending event (internal error)"
+                    "no pending event (internal error)"
                 )
-            self._process(heapq.heappop(self._heap))
-            if self.check:
-                self.check_invariants()
-        d = pending[0]
-        if d.kind == DecisionKind.ROUTE:
-            self._refresh_kept(d.request)
-        return d
+            self._step(heapq.heappop(heap))
+        while heap and heap[0][0] == self.now and heap[0][1] <= _BEFORE_DECISIONS:
+            self._step(heapq.heappop(heap))
+        return pending[0]
+
+    def _step(self, ev: tuple) -> None:
+        self._process(ev)
+        if self._changes != self._evaluated:
+            self._evaluate_sleepers()
+        if self.check:
+            self.check_invariants()
 
     def _process(self, ev: tuple) -> None:
-        t, kind, _, target, version = ev
+        t, kind, order, _, target, version = ev
         self.now = t
         self.view.now = t
+        self._position = (t, kind, order)
         self.events += 1
         if kind == _COMPLETE:
             if target.version == version and target.status == _RUNNING:
@@ -314,9 +451,7 @@ class Simulator:
             if target.version == version and target.status == _WAITING:
                 self._start_reserved(target)
         elif kind == _RETRY:
-            if target.version == version and target.status == _WAITING:
-                target.status = _ROUTING
-                self._pending.append(Decision(DecisionKind.ROUTE, t, request=target))
+            self._retry(target, version, t)
         elif kind == _TIMEOUT:
             if target.status == _STALLED and target.stalled_since == version:
                 self._stalled.pop(target.id, None)
@@ -358,6 +493,8 @@ class Simulator:
             self._apply_rebalance(d.server, answer, who)
         self._pending.popleft()
         self.decisions[d.kind.name] += 1
+        if self._changes != self._evaluated:
+            self._evaluate_sleepers()
         if self.check:
             self.check_invariants()
 
@@ -369,6 +506,7 @@ class Simulator:
         # the decider may set its balance-check period from the scenario in reset(); no check has been
         # scheduled yet (servers come online when the first PLACE decisions are applied below)
         self.rebalance_period_s = decider.rebalance_period_s
+        self.retry_decider = decider
         view = self.view
         name = decider.name
         clock = time.perf_counter
@@ -383,7 +521,13 @@ class Simulator:
         self, decider: str = "decider", wall_s: float = 0.0, decide_s: float = 0.0
     ) -> SimulationResult:
         """The episode's outcome so far."""
-        extra = {"interruptions": dict(self.interruptions), "leaves": dict(self.leaves), "moves": self.moves}
+        extra = {
+            "interruptions": dict(self.interruptions),
+            "leaves": dict(self.leaves),
+            "moves": self.moves,
+            "kept_released": dict(self.kept_released),
+            "skipped_retries": self.skipped_retries,
+        }
         return SimulationResult(
             self.scenario.name,
             decider,
@@ -439,6 +583,7 @@ class Simulator:
     def _apply_place(self, j: int, answer: Any, who: str, initial: bool) -> None:
         s = self.servers[j]
         p = self._validate_placement(s, answer, who)
+        self._changes += 1
         s.start, s.end, s.cache_capacity = p.start, p.end, p.cache_bytes
         s.placements += 1
         s.version += 1
@@ -459,8 +604,8 @@ class Simulator:
         if (p.start, p.end, p.cache_bytes) == (s.start, s.end, s.cache_capacity):
             self._schedule_rebalance(s)
             return
-        self._cancel_reservations(s)
-        self._interrupt_all(s, "rebalance")
+        self._changes += 1
+        self._vacate(s, "rebalance")
         s.start, s.end, s.cache_capacity = p.start, p.end, p.cache_bytes
         self.moves += 1
         s.placements += 1
@@ -471,21 +616,6 @@ class Simulator:
         self._push(self.now + load, _JOIN_READY, j, s.version)
 
     # ROUTE -----------------------------------------------------------------------------------------
-    def _refresh_kept(self, req: Request) -> None:
-        """Drop kept upstream hops whose server is no longer ONLINE or has gone offline or moved since the
-        hop was kept (its cache is gone, its span may differ); route from the first dropped one."""
-        kept = req.kept
-        if kept:
-            servers = self.servers
-            versions = req.kept_versions
-            for i, h in enumerate(kept):
-                s = servers[h.server]
-                if s.status != _ONLINE or s.version != versions[i]:
-                    req.kept = kept[:i]
-                    req.kept_versions = versions[:i]
-                    req.route_from = h.start
-                    break
-
     def _normalise_chain(self, req: Request, answer: Any, who: str) -> tuple[Chain, bool] | None:
         if answer is None:
             return None
@@ -524,68 +654,218 @@ class Simulator:
         req.attempts += 1
         norm = self._normalise_chain(req, answer, who)
         if norm is None:
+            self._hold_kept_until(req, math.inf)
             self._stall(req)
             return
         hops, wait = norm
         if not math.isnan(req.stalled_since):
             req.stalled_since = math.nan
-        tm = self.time_model
-        recovery = req.tokens_done > 0 or req.route_from > 0
-        chain = req.kept + hops if req.kept else hops
-        d = tm.token_time(chain, req.client)
-        if recovery:
-            # The interrupted token is redone: its step through the kept upstream hops, then the replay over
-            # the l_in + generated tokens on the new hops, whose last position IS that token's step (as in
-            # PETALS' InferenceSession.step). Adding a whole token time d would count the new hops twice.
-            replay = tm.prefill_time(hops, req.client, req.history_tokens)
-            first = (tm.token_time(req.kept, req.client) if req.kept else 0.0) + replay
-        else:
-            first = tm.initial_delay + tm.prefill_time(chain, req.client, req.l_in)
-        duration = first + (req.l_out - req.tokens_done - 1) * d
-        kv = req.kv_bytes
-        needs: dict[int, int] = {}
-        for h in chain:
-            needs[h.server] = (h.end - h.start) * kv
+        needs = hop_needs(hops, req.kv_bytes)
         now = self.now
-        t_start = earliest_start(self.servers, needs, now, duration)
-        if t_start == math.inf:
-            self._fail(req, "exceeds_capacity")
+        servers = self.servers
+        busy = False  # some hop cannot start now, whatever the reservations
+        for j, b in needs.items():
+            s = servers[j]
+            if b > s.cache_capacity:
+                self._fail(req, "exceeds_capacity")
+                return
+            if not s.reservations and s.used_bytes + b > s.cache_capacity:
+                busy = True
+        if busy and not wait:  # backs off: no need for its times or its earliest start
+            self._apply_back_off(req)
             return
+        first, d, duration = self.time_model.segment_times(req, hops)
+        if busy or any(servers[j].reservations for j in needs):
+            t_start = earliest_start(servers, needs, now, duration)
+        else:
+            t_start = now
         if t_start <= now:
-            self._begin(req, chain, hops, needs, now, first, d, duration)
+            self._hold_kept_until(req, now + duration)
+            self._begin(req, hops, needs, now, first, d, duration)
+            return
+        if not wait or t_start == math.inf:  # inf: cache held for a time not known yet blocks a need
+            self._apply_back_off(req)
             return
         # waiting budget max_wait_s: a reservation must start within it; a back-off retry is never scheduled
         # past it (the last retry comes when it runs out), and a retry that still cannot start then fails
-        waited = req.wait_s + now - req.wait_since
         max_wait = self._max_wait
-        if max_wait is not None and (
-            waited + (t_start - now) > max_wait if wait else waited >= max_wait - _WAIT_EPS
-        ):
+        if max_wait is not None and req.wait_s + now - req.wait_since + (t_start - now) > max_wait:
             self._fail(req, "wait_timeout")
             return
+        t_end = t_start + duration
+        self._hold_kept_until(req, t_end)
+        self._changes += 1
         req.version += 1
         req.status = _WAITING
-        req.chain = chain
+        req.chain = req.kept + hops if req.kept else hops
         req.new_hops = hops
-        if wait:
-            t_end = t_start + duration
-            servers = self.servers
-            for j, b in needs.items():
-                servers[j].reservations[req.id] = (t_start, t_end, b)
-            req.plan = (first, d)
-            self._push(t_start, _START, req, req.version)
-        else:
-            req.retries += 1
-            backoff = min(2.0 ** (req.retries - 1), self._backoff_cap)
-            if max_wait is not None:
-                backoff = min(backoff, max_wait - waited)
-            req.chain = ()
-            self._push(now + backoff, _RETRY, req, req.version)
+        for j, b in needs.items():
+            servers[j].reserve(req.id, t_start, t_end, b)
+        req.plan = (first, d)
+        self._push(t_start, _START, req, req.version)
 
+    def _apply_back_off(self, req: Request) -> None:
+        """``req`` cannot start now and backs off (failing if its waiting budget is spent); its kept hops
+        stay held, for a time not known yet."""
+        if self._max_wait is not None and self._out_of_budget(req, self.now):
+            self._fail(req, "wait_timeout")
+            return
+        self._hold_kept_until(req, math.inf)
+        self._back_off(req)
+
+    def _back_off(self, req: Request) -> None:
+        """Schedule ``req``'s next retry (1, 2, 4, ... s after this attempt; capped retries at anchor + k
+        cap), or let it sleep without an event if its retries may be skipped."""
+        now = self.now
+        req.version += 1
+        req.status = _WAITING
+        req.chain = ()
+        req.retries += 1
+        cap = self._backoff_cap
+        capped = backoff_s(req.retries, cap) >= cap
+        if capped:
+            if req.retry_at == now and not math.isnan(req.backoff_anchor):
+                req.backoff_step += 1  # the next retry of the same capped sequence
+            else:
+                req.backoff_anchor, req.backoff_step = now, 1
+            t_next = req.backoff_anchor + req.backoff_step * cap
+        else:
+            req.backoff_anchor = math.nan
+            t_next = now + backoff_s(req.retries, cap)
+        deadline = self._deadline(req)
+        if t_next > deadline:
+            t_next = deadline
+        req.retry_at = t_next
+        if capped and t_next < deadline and self._may_sleep(req):
+            self._sleep(req, deadline)
+        else:
+            self._push(t_next, _RETRY, req, req.version, order=req.id)
+
+    def _deadline(self, req: Request) -> float:
+        """When ``req``'s waiting budget (``max_wait_s``, counting earlier waits) runs out; inf if none."""
+        max_wait = self._max_wait
+        return math.inf if max_wait is None else req.wait_since + (max_wait - req.wait_s)
+
+    def _out_of_budget(self, req: Request, t: float) -> bool:
+        """Whether a back-off attempt of ``req`` at ``t`` that cannot start fails its waiting budget."""
+        return req.wait_s + t - req.wait_since >= self._max_wait - _WAIT_EPS or t >= self._deadline(req)
+
+    def _retry(self, req: Request, version: Any, t: float) -> None:
+        """A back-off retry (or a sleeper's wake-up / last retry) of ``req`` at ``t``."""
+        if req.status != _WAITING:
+            return
+        if type(version) is tuple:  # ("wake", version, generation, step) or ("final", version, step)
+            if version[1] != req.version:
+                return
+            sleepers = self._sleepers.get(self._sleep_key(req))
+            if sleepers is None or req.id not in sleepers.members:
+                return
+            if version[0] == "wake":
+                if version[2] != sleepers.generation:
+                    return
+                sleepers.wake = None
+            first_step = sleepers.remove(req.id, self._backoff_cap)[2]
+            # the next of its kind must be scheduled even if this retry changes nothing (e.g. it stalls)
+            self._changes += 1
+            if not sleepers.members:
+                del self._sleepers[self._sleep_key(req)]
+            step = version[-1]
+            skipped = step - first_step  # retries anchor + k cap for first_step <= k < step
+            req.attempts += skipped
+            req.retries += skipped
+            self.skipped_retries += skipped
+            req.backoff_step = step
+            req.retry_at = t
+        elif req.version != version:
+            return
+        req.status = _ROUTING
+        self._pending.append(Decision(DecisionKind.ROUTE, t, request=req))
+
+    # skipped retries -------------------------------------------------------------------------------
+    @staticmethod
+    def _sleep_key(req: Request) -> tuple[int, int, int, int]:
+        return (req.client, req.l_in, req.l_out, req.kv_bytes)
+
+    def _may_sleep(self, req: Request) -> bool:
+        decider = self.retry_decider
+        return (
+            self.skip_retries
+            and decider is not None
+            and getattr(decider, "pure_route", False)
+            and not req.is_recovery
+            and not req.kept
+            and (len(self._sleepers) < _MAX_SLEEPER_KINDS or self._sleep_key(req) in self._sleepers)
+        )
+
+    def _sleep(self, req: Request, deadline: float) -> None:
+        """``req`` (fresh, capped back-off) retries at anchor + k cap, k >= step, without events; its last
+        retry (when the waiting budget runs out) stays an event."""
+        cap = self._backoff_cap
+        anchor, step = req.backoff_anchor, req.backoff_step
+        final, final_step = math.inf, -1
+        if deadline < math.inf:
+            # the first retry at which the budget is spent, as the retries themselves would find it
+            k = max(step, int((deadline - anchor) // cap) - 1)
+            while not self._out_of_budget(req, min(anchor + k * cap, deadline)):
+                k += 1
+            while k > step and self._out_of_budget(req, min(anchor + (k - 1) * cap, deadline)):
+                k -= 1
+            final, final_step = min(anchor + k * cap, deadline), k
+        key = self._sleep_key(req)
+        sleepers = self._sleepers.get(key)
+        if sleepers is None:
+            sleepers = self._sleepers[key] = _Sleepers()
+        sleepers.add(req, anchor, step, final, cap)
+        if final < math.inf:
+            self._push(final, _RETRY, req, ("final", req.version, final_step), order=req.id)
+        # its own attempt just failed in this swarm: so would the next of its kind, until the swarm changes
+
+    def _evaluate_sleepers(self) -> None:
+        """After a change of the swarm: for each kind of sleeping request, would a retry start now? If so,
+        schedule the next retry of that kind (the earlier wake-ups are stale)."""
+        self._evaluated = self._changes
+        if not self._sleepers:
+            return
+        cap = self._backoff_cap
+        for sleepers in self._sleepers.values():
+            rep = next(iter(sleepers.members.values()))[0]
+            found = sleepers.first_retry(self._position, cap) if self._would_start(rep) else None
+            target = None if found is None else (found[0], found[2].id)
+            if target == sleepers.wake:
+                continue  # the scheduled wake-up (or none) still stands
+            sleepers.generation += 1
+            sleepers.wake = target
+            if found is not None:
+                when, step, req = found
+                self._push(when, _RETRY, req, ("wake", req.version, sleepers.generation, step), order=req.id)
+
+    def _would_start(self, req: Request) -> bool:
+        """Whether a retry of ``req`` now would do anything but back off again (start, reserve, stall,
+        fail, or raise): the decider is asked as at a real retry."""
+        try:
+            norm = self._normalise_chain(req, self.retry_decider.route(self.view, req), "decider")
+        except DeciderError:
+            return True
+        if norm is None or norm[1]:
+            return True
+        hops = norm[0]
+        needs = hop_needs(hops, req.kv_bytes)
+        servers = self.servers
+        for j, b in needs.items():
+            s = servers[j]
+            if b > s.cache_capacity:
+                return True  # it would fail
+            if not s.reservations and s.used_bytes + b > s.cache_capacity:
+                return False  # it would back off again
+        _, _, duration = self.time_model.segment_times(req, hops)
+        return earliest_start(servers, needs, self.now, duration) <= self.now
+
+    # ----------------------------------------------------------------------------------------------
+    # Request life cycle
+    # ----------------------------------------------------------------------------------------------
     def _begin(
         self,
         req: Request,
-        chain: Chain,
         hops: Chain,
         needs: dict[int, int],
         t: float,
@@ -593,23 +873,45 @@ class Simulator:
         d: float,
         duration: float,
     ) -> None:
-        """Start (or restart) ``req`` on ``chain`` at time ``t``."""
+        """Start (or restart) ``req`` now on its kept hops (already held) + ``hops``."""
+        self._changes += 1
         finish = t + duration
         servers = self.servers
         rid = req.id
         for j, b in needs.items():
-            s = servers[j]
-            s.sessions[rid] = (b, finish)
-            s.used_bytes += b
+            servers[j].hold(rid, b, finish)
+        self._started(req, req.kept + hops if req.kept else hops, hops, t, first, d, finish)
+
+    def _start_reserved(self, req: Request) -> None:
+        self._changes += 1
+        first, d = req.plan
+        now = self.now
+        finish = now + (first + (req.l_out - req.tokens_done - 1) * d)
+        servers = self.servers
+        for h in req.new_hops:
+            s = servers[h.server]
+            b = s.begin_reserved(req.id, finish)
+            if s.used_bytes > s.cache_capacity:
+                raise RuntimeError(
+                    f"internal error: reservation of request {req.id} ({b} B) overflows server {h.server} "
+                    f"at t={now:.3f}s"
+                )
+        for h in req.kept:
+            servers[h.server].set_end(req.id, finish)
+        self._started(req, req.chain, req.new_hops, now, first, d, finish)
+
+    def _started(
+        self, req: Request, chain: Chain, hops: Chain, t: float, first: float, d: float, finish: float
+    ) -> None:
         if math.isnan(req.start):
             req.start = t
             req.first_chain = chain
         req.wait_s += t - req.wait_since
         req.retries = 0  # this wait is over: a later one (a recovery) backs off from 1 s again, like PETALS
+        req.backoff_anchor = math.nan
         req.chain = chain
         req.new_hops = hops
         req.kept = ()
-        req.kept_versions = ()
         req.status = _RUNNING
         req.seg_start = t
         req.t_next = t + first
@@ -618,22 +920,6 @@ class Simulator:
         req.version += 1
         self._push(finish, _COMPLETE, req, req.version)
 
-    def _start_reserved(self, req: Request) -> None:
-        servers = self.servers
-        needs = {}
-        for j in {h.server for h in req.chain}:
-            s = servers[j]
-            _, _, b = s.reservations.pop(req.id)
-            needs[j] = b
-            if s.used_bytes + b > s.cache_capacity:
-                raise RuntimeError(
-                    f"internal error: reservation of request {req.id} overflows server {j} "
-                    f"at t={self.now:.3f}s"
-                )
-        first, d = req.plan
-        duration = first + (req.l_out - req.tokens_done - 1) * d
-        self._begin(req, req.chain, req.new_hops, needs, self.now, first, d, duration)
-
     def _stall(self, req: Request) -> None:
         req.status = _STALLED
         self._stalled[req.id] = req
@@ -641,9 +927,6 @@ class Simulator:
             req.stalled_since = self.now
             self._push(self.now + self._churn.no_chain_timeout_s, _TIMEOUT, req, req.stalled_since)
 
-    # ----------------------------------------------------------------------------------------------
-    # Request life cycle
-    # ----------------------------------------------------------------------------------------------
     def _arrive(self, i: int) -> None:
         l_in, l_out = self._arr_in[i], self._arr_out[i]
         req = Request(
@@ -655,18 +938,57 @@ class Simulator:
         self._schedule_next_arrival()
         self._pending.append(Decision(DecisionKind.ROUTE, self.now, request=req))
 
+    def _drop(self, rid: int, s: ServerState) -> None:
+        """Release what request ``rid`` holds on ``s`` (a draining server with nothing left goes offline)."""
+        if s.drop(rid) is not None:
+            self._changes += 1
+            if s.status == _DRAINING and not s.sessions:
+                self._go_offline(s, "departure")
+
     def _release(self, req: Request) -> None:
-        """Free every session byte and reservation ``req`` holds."""
+        """Free every session byte and reservation ``req`` holds (its chain and its kept hops)."""
         servers = self.servers
         rid = req.id
-        for h in req.chain:
+        for h in req.chain or req.kept:
             s = servers[h.server]
-            held = s.sessions.pop(rid, None)
-            if held is not None:
-                s.used_bytes -= held[0]
-                if s.status == _DRAINING and not s.sessions:
-                    self._go_offline(s, "departure")
-            s.reservations.pop(rid, None)
+            if s.unreserve(rid) is not None:
+                self._changes += 1
+            self._drop(rid, s)
+
+    def _release_kept(self, req: Request, index: int, cause: str) -> None:
+        """``req`` gives up its kept hops from ``index`` on (their cache is gone): it routes from there."""
+        kept = req.kept
+        if index >= len(kept):
+            return
+        servers = self.servers
+        for h in kept[index:]:
+            self._drop(req.id, servers[h.server])
+        req.route_from = kept[index].start
+        req.kept = kept[:index]
+        self.kept_released[cause] = self.kept_released.get(cause, 0) + 1
+
+    def _hold_kept_until(self, req: Request, end: float) -> None:
+        """Keep ``req``'s kept hops held until ``end`` (inf: for a time not known yet, while it backs off
+        or finds no chain: nobody can plan to use that cache). Reservations that would overflow a kept
+        server over an extension are cancelled and re-planned (a session's cache outranks later
+        reservations)."""
+        servers = self.servers
+        rid = req.id
+        for h in req.kept:
+            s = servers[h.server]
+            nbytes, old = s.sessions[rid]
+            if end > old and s.reservations:
+                limit = s.cache_capacity - nbytes - s.used_bytes
+                planned = s.planned
+                if planned.prefix(old) > limit or (planned.first_above(old, limit) or math.inf) < end:
+                    requests = self.requests
+                    for other in sorted(s.reservations):
+                        r0, r1, _ = s.reservations.get(other, (math.inf, 0.0, 0))
+                        if r0 < end and r1 > old:
+                            self._cancel_reservation(requests[other])
+            if end != old:
+                self._changes += 1
+                s.set_end(rid, end)
 
     def _complete(self, req: Request) -> None:
         self._release(req)
@@ -681,15 +1003,20 @@ class Simulator:
         self._release(req)
         if req.status in (_WAITING, _ROUTING, _STALLED):
             req.wait_s += self.now - req.wait_since
+        sleepers = self._sleepers.get(self._sleep_key(req))
+        if sleepers is not None and req.id in sleepers.members:  # pragma: no cover - sleepers do not fail
+            sleepers.remove(req.id, self._backoff_cap)
         req.status = RequestStatus.FAILED
         req.failure_reason = reason
         req.finish = self.now
         req.version += 1
+        req.kept = ()
         self.in_flight -= 1
         self.finished.append(req)
 
     def _interrupt(self, req: Request, server: int) -> None:
-        """``server`` stopped under running ``req``: keep the upstream hops and re-route the rest."""
+        """``server`` stopped under running ``req``: keep the upstream hops (still held) and re-route the
+        rest; a kept hop on a server that takes no new sessions (draining) is given up too."""
         now = self.now
         g = req.tokens_at(now)
         if g >= req.l_out:
@@ -697,12 +1024,16 @@ class Simulator:
             return
         if g >= 1 and math.isnan(req.first_token):
             req.first_token = req.t_next
-        self._release(req)
         chain = req.chain
+        servers = self.servers
         i = next(k for k, h in enumerate(chain) if h.server == server)
-        req.kept = chain[:i]
-        req.kept_versions = tuple(self.servers[h.server].version for h in req.kept)
-        req.route_from = chain[i].start
+        cut = next((k for k in range(i) if servers[chain[k].server].status != _ONLINE), i)
+        for h in chain[cut:]:
+            self._drop(req.id, servers[h.server])
+        if cut < i:
+            self.kept_released["server draining"] = self.kept_released.get("server draining", 0) + 1
+        req.kept = chain[:cut]
+        req.route_from = chain[cut].start
         req.tokens_done = g
         req.history_tokens = req.l_in + g
         req.recoveries += 1
@@ -712,28 +1043,57 @@ class Simulator:
         req.version += 1
         self._pending.append(Decision(DecisionKind.ROUTE, now, request=req))
 
-    def _interrupt_all(self, s: ServerState, reason: str) -> None:
+    def _cancel_reservation(self, req: Request) -> None:
+        """``req`` loses its reservation (its kept hops stay held) and is routed again."""
+        self._changes += 1
+        servers = self.servers
+        for h in req.new_hops:
+            servers[h.server].unreserve(req.id)
+        req.chain = ()
+        req.new_hops = ()
+        req.status = _ROUTING
+        req.version += 1
+        self._pending.append(Decision(DecisionKind.ROUTE, self.now, request=req))
+
+    def _vacate(self, s: ServerState, reason: str) -> None:
+        """``s`` stops serving (offline, or reloading elsewhere): interrupt its running sessions, then let
+        the requests that kept a hop on it give that hop up, then cancel its reservations -- in that order,
+        so the interrupted requests are routed first."""
         requests = self.requests
-        if s.sessions:
-            self.interruptions[reason] = self.interruptions.get(reason, 0) + len(s.sessions)
-        for rid in sorted(s.sessions):
-            self._interrupt(requests[rid], s.id)
+        running = [rid for rid in sorted(s.sessions) if requests[rid].status == _RUNNING]
+        if running:
+            self.interruptions[reason] = self.interruptions.get(reason, 0) + len(running)
+        for rid in running:
+            if rid in s.sessions:  # an earlier interruption may have completed it
+                self._interrupt(requests[rid], s.id)
+        self._give_up_kept_on(s, f"server {reason}")
+        self._cancel_reservations(s)
 
     def _cancel_reservations(self, s: ServerState) -> None:
-        """Waiting requests planned through ``s`` lose their reservation and are routed again."""
+        """Every request with a reservation on ``s`` loses it and is routed again (in request order)."""
         requests = self.requests
         for rid in sorted(s.reservations):
+            if rid in s.reservations:  # a cascade may have cancelled it
+                self._cancel_reservation(requests[rid])
+
+    def _give_up_kept_on(self, s: ServerState, cause: str) -> None:
+        """Requests not running that kept a hop on ``s`` give it (and the hops after it) up; a reserved
+        one is routed again."""
+        requests = self.requests
+        for rid in sorted(s.sessions):
             req = requests[rid]
-            self._release(req)
-            req.chain = ()
-            req.status = _ROUTING
-            req.version += 1
-            self._pending.append(Decision(DecisionKind.ROUTE, self.now, request=req))
+            if req.status == _RUNNING or rid not in s.sessions:
+                continue
+            i = next(k for k, h in enumerate(req.kept) if h.server == s.id)
+            self._release_kept(req, i, cause)
+            if req.status == _WAITING:
+                self._cancel_reservation(req)
 
     # ----------------------------------------------------------------------------------------------
     # Server life cycle
     # ----------------------------------------------------------------------------------------------
     def _go_online(self, s: ServerState) -> None:
+        self._changes += 1
         s.status = _ONLINE
         self.view.placement_version += 1
         if self._churn.enabled and not self._leave_pending[s.id]:
@@ -761,23 +1121,26 @@ class Simulator:
             return
         if s.status != _ONLINE:
             return
-        self._cancel_reservations(s)
-        if failure or not s.sessions:
+        requests = self.requests
+        if failure or not any(requests[rid].status == _RUNNING for rid in s.sessions):
             self._go_offline(s, "failure" if failure else "departure")
             return
+        self._changes += 1
         s.status = _DRAINING
         s.version += 1
         self.view.placement_version += 1
+        self._give_up_kept_on(s, "server draining")
+        self._cancel_reservations(s)
         self._push(self.now + self._churn.drain_timeout_s, _DRAIN_END, s.id, s.version)
 
     def _go_offline(self, s: ServerState, reason: str) -> None:
+        self._changes += 1
         s.status = _OFFLINE
         s.version += 1
         self._epoch[s.id] += 1
         self._leave_pending[s.id] = False
         self.view.placement_version += 1
-        self._cancel_reservations(s)
-        self._interrupt_all(s, reason)
+        self._vacate(s, reason)
         self.leaves[reason] = self.leaves.get(reason, 0) + 1
         s.start = s.end = -1
         s.cache_capacity = 0
@@ -787,21 +1150,40 @@ class Simulator:
     # Invariants
     # ----------------------------------------------------------------------------------------------
     def check_invariants(self) -> None:
-        """Raise AssertionError if memory, chain or conservation invariants are broken."""
+        """Raise AssertionError if memory, chain, cache-record or conservation invariants are broken."""
         L = self.num_blocks
         spans = {s.id: (s.start, s.end) for s in self.servers if s.status in (_ONLINE, _DRAINING)}
+        requests = self.requests
         for s in self.servers:
             used = sum(b for b, _ in s.sessions.values())
             assert used == s.used_bytes, f"server {s.id}: used_bytes {s.used_bytes} != sessions {used}"
             assert s.used_bytes <= s.cache_capacity, (
                 f"server {s.id}: cache {s.used_bytes} > {s.cache_capacity}"
             )
+            assert s.reserved_bytes == sum(b for _, _, b in s.reservations.values())
+            planned: dict[float, int] = {}
+            releases: dict[float, int] = {}
+            for b, f in s.sessions.values():
+                planned[f] = planned.get(f, 0) - b
+                releases[f] = releases.get(f, 0) + b
+            for r0, r1, b in s.reservations.values():
+                planned[r0] = planned.get(r0, 0) + b
+                planned[r1] = planned.get(r1, 0) - b
+                releases[r1] = releases.get(r1, 0) + b
+            assert s.planned.items() == sorted((t, v) for t, v in planned.items() if v), f"server {s.id}"
+            assert s.releases.items() == sorted((t, v) for t, v in releases.items() if v), f"server {s.id}"
             if s.status in (_ONLINE, _DRAINING, _LOADING):
                 assert s.num_blocks * self._block_bytes + s.cache_capacity <= s.memory_bytes, (
                     f"server {s.id}: blocks + cache exceed memory"
                 )
             if s.sessions:
                 assert s.status in (_ONLINE, _DRAINING), f"server {s.id} {s.status.name} holds sessions"
+            for rid, (_, f) in s.sessions.items():
+                r = requests[rid]
+                assert r.status == _RUNNING or any(h.server == s.id for h in r.kept), (
+                    f"server {s.id} holds cache of request {rid} ({r.status.name}) off its chain"
+                )
+                assert f > self.now or r.status == _RUNNING, f"request {rid}: kept hold ends in the past"
             if s.reservations:
                 assert s.status == _ONLINE, f"server {s.id} {s.status.name} holds reservations"
                 times = [self.now] + [r0 for r0, _, _ in s.reservations.values()]
@@ -811,7 +1193,7 @@ class Simulator:
                         f"server {s.id}: planned cache {u} > {s.cache_capacity} at {t}"
                     )
         done = 0
-        for r in self.requests:
+        for r in requests:
             if r.status == _RUNNING:
                 err = chain_errors(r.chain, spans, L)
                 assert err is None, f"request {r.id} runs on an infeasible chain: {err}"
@@ -822,7 +1204,22 @@ class Simulator:
                     )
             elif r.status in (RequestStatus.COMPLETED, RequestStatus.FAILED):
                 done += 1
-        assert len(self.requests) == done + self.in_flight, "arrivals != completed + failed + in flight"
+                assert not r.kept
+            else:
+                for h in r.kept:
+                    s = self.servers[h.server]
+                    assert s.status == _ONLINE, f"request {r.id} keeps a hop on {s.status.name} server"
+                    held = s.sessions.get(r.id)
+                    assert held is not None and held[0] == h.blocks * r.kv_bytes, (
+                        f"request {r.id}: kept server {h.server} does not hold its cache"
+                    )
+                reserved = any(r.id in self.servers[h.server].reservations for h in r.new_hops)
+                for h in r.kept:  # a known end only while it is routed or holds a reservation
+                    end = self.servers[h.server].sessions[r.id][1]
+                    assert (end < math.inf) == (r.status == _ROUTING or reserved) or r.status == _ROUTING, (
+                        f"request {r.id} {r.status.name} holds its kept hop on {h.server} until {end}"
+                    )
+        assert len(requests) == done + self.in_flight, "arrivals != completed + failed + in flight"
         assert done == len(self.finished)
 
 

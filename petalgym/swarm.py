@@ -11,7 +11,8 @@ import math
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from petalgym.perfmodel import Chain, Hop, Placement, TimeModel, chain_errors
+from petalgym.perfmodel import Chain, Placement, TimeModel, chain_errors
+from petalgym.timeline import Timeline
 
 if TYPE_CHECKING:
     from petalgym.scenario import Scenario, ServerSpec
@@ -38,15 +39,27 @@ class RequestStatus(IntEnum):
 
 
 class ServerState:
-    """Mutable state of one server. Deciders must treat it as read-only."""
+    """Mutable state of one server. Deciders must treat it as read-only.
+
+    Cache held or planned on the server: ``sessions`` (request id -> (bytes, planned end)) hold bytes now
+    until their planned end; ``reservations`` (request id -> (start, end, bytes)) will hold bytes over
+    [start, end). Change them only through :meth:`hold`, :meth:`set_end`, :meth:`drop`, :meth:`reserve`
+    and :meth:`unreserve`, which keep the two timelines the admission rule and WS-RR search in step:
+    ``planned`` (the planned use minus the bytes held now: -b at a session's end, +b / -b at a
+    reservation's start / end) and ``releases`` (+b at the end of every session and reservation).
+    """
 
     __slots__ = (
+        "_releases_at",
         "cache_capacity",
         "end",
         "id",
         "memory_bytes",
         "placements",
+        "planned",
+        "releases",
         "reservations",
+        "reserved_bytes",
         "sessions",
         "spec",
         "start",
@@ -63,9 +76,13 @@ class ServerState:
         self.start = -1  # first hosted block, -1 if none
         self.end = -1  # last hosted block + 1
         self.cache_capacity = 0  # bytes of attention cache
-        self.used_bytes = 0  # bytes held by running sessions
-        self.sessions: dict[int, tuple[int, float]] = {}  # request id -> (bytes held, planned finish)
-        self.reservations: dict[int, tuple[float, float, int]] = {}  # request id -> (start, finish, bytes)
+        self.used_bytes = 0  # bytes held by sessions now
+        self.reserved_bytes = 0  # bytes of all reservations
+        self.sessions: dict[int, tuple[int, float]] = {}  # request id -> (bytes held, planned end)
+        self.reservations: dict[int, tuple[float, float, int]] = {}  # request id -> (start, end, bytes)
+        self.planned = Timeline()
+        self.releases = Timeline()
+        self._releases_at: dict[tuple[int, int], float] = {}  # wait_for's answers, while nothing changes
         self.version = 0  # bumped whenever the server goes offline or changes placement
         self.placements = 0  # how many placements it has received
 
@@ -79,13 +96,113 @@ class ServerState:
             return None
         return Placement(self.start, self.end - self.start, self.cache_capacity)
 
-    @property
-    def free_bytes(self) -> int:
-        return self.cache_capacity - self.used_bytes
+    # cache bookkeeping ----------------------------------------------------------------------------
+    def hold(self, rid: int, nbytes: int, end: float) -> None:
+        """Request ``rid`` holds ``nbytes`` from now until (at least) ``end``."""
+        self._releases_at.clear()
+        self.sessions[rid] = (nbytes, end)
+        self.used_bytes += nbytes
+        self.planned.add(end, -nbytes)
+        self.releases.add(end, nbytes)
 
-    @property
-    def routable(self) -> bool:
-        return self.status == ServerStatus.ONLINE
+    def set_end(self, rid: int, end: float) -> None:
+        """Move the planned end of request ``rid``'s held bytes to ``end``."""
+        nbytes, old = self.sessions[rid]
+        if old != end:
+            self._releases_at.clear()
+            self.sessions[rid] = (nbytes, end)
+            self.planned.add(old, nbytes)
+            self.planned.add(end, -nbytes)
+            self.releases.add(old, -nbytes)
+            self.releases.add(end, nbytes)
+
+    def drop(self, rid: int) -> int | None:
+        """Release what request ``rid`` holds; returns the bytes (None if it held nothing)."""
+        held = self.sessions.pop(rid, None)
+        if held is None:
+            return None
+        self._releases_at.clear()
+        nbytes, end = held
+        self.used_bytes -= nbytes
+        self.planned.add(end, nbytes)
+        self.releases.add(end, -nbytes)
+        return nbytes
+
+    def reserve(self, rid: int, start: float, end: float, nbytes: int) -> None:
+        """Request ``rid`` will hold ``nbytes`` over [start, end)."""
+        self._releases_at.clear()
+        self.reservations[rid] = (start, end, nbytes)
+        self.reserved_bytes += nbytes
+        self.planned.add(start, nbytes)
+        self.planned.add(end, -nbytes)
+        self.releases.add(end, nbytes)
+
+    def begin_reserved(self, rid: int, end: float) -> int:
+        """Request ``rid``'s reservation starts now: its bytes are held until ``end``; returns them."""
+        start, old_end, nbytes = self.reservations.pop(rid)
+        self._releases_at.clear()
+        self.reserved_bytes -= nbytes
+        self.sessions[rid] = (nbytes, end)
+        self.used_bytes += nbytes
+        self.planned.add(start, -nbytes)
+        if end != old_end:
+            self.planned.add(old_end, nbytes)
+            self.planned.add(end, -nbytes)
+            self.releases.add(old_end, -nbytes)
+            self.releases.add(end, nbytes)
+        return nbytes
+
+    def unreserve(self, rid: int) -> tuple[float, float, int] | None:
+        """Cancel request ``rid``'s reservation; returns it (None if it had none)."""
+        res = self.reservations.pop(rid, None)
+        if res is None:
+            return None
+        self._releases_at.clear()
+        start, end, nbytes = res
+        self.reserved_bytes -= nbytes
+        self.planned.add(start, -nbytes)
+        self.planned.add(end, nbytes)
+        self.releases.add(end, -nbytes)
+        return res
+
+    # questions -------------------------------------------------------------------------------------
+    def earliest_fit(self, nbytes: int, after: float, duration: float) -> float:
+        """Earliest t >= ``after`` at which ``nbytes`` more fit over [t, t + duration) beside every session
+        (until its planned end) and reservation; inf if never. O(log K) per crossing of the limit."""
+        if nbytes > self.cache_capacity:
+            return math.inf
+        if duration <= 0.0:
+            return after
+        limit = self.cache_capacity - nbytes - self.used_bytes  # on planned.prefix(t)
+        planned = self.planned
+        t = after
+        over, nxt = planned.next_crossing(t, limit)
+        while True:
+            if over:  # nxt: the end of this stretch over the limit
+                if nxt is None:
+                    return math.inf
+                t = nxt
+                nxt = planned.first_above(t, limit)
+            # t fits now; nxt: the next time over the limit
+            if nxt is None or nxt - duration >= t:
+                return t
+            t, over = nxt, True
+            nxt = planned.first_at_most(t, limit)
+
+    def wait_for(self, nbytes: int, now: float) -> float:
+        """WS-RR's wait (s from ``now``) until ``nbytes`` are free, counting every session and reservation
+        as held from now until its planned end; inf if never."""
+        if nbytes > self.cache_capacity:
+            return math.inf
+        free = self.cache_capacity - self.used_bytes - self.reserved_bytes
+        if free >= nbytes:
+            return 0.0
+        key = (nbytes, self.cache_capacity)
+        t = self._releases_at.get(key)
+        if t is None:
+            found = self.releases.first_above(-math.inf, nbytes - free - 1)
+            t = self._releases_at[key] = math.inf if found is None else found
+        return max(t - now, 0.0)
 
     def __repr__(self) -> str:
         span = f"[{self.start},{self.end})" if self.start >= 0 else "-"
@@ -103,12 +220,15 @@ class Request:
     ``attempts`` (route decisions taken), ``status``, ``failure_reason``, ``first_chain``, ``chain``.
 
     While being routed: ``route_from`` is the block to route from (0, or where an interrupted hop started),
-    ``history_tokens`` the tokens whose cache a recovery must replay, ``kept`` the hops kept upstream.
+    ``history_tokens`` the tokens whose cache a recovery must replay, ``kept`` the hops kept upstream (their
+    servers still hold the request's cache while it is routed or waits for a reservation).
     """
 
     __slots__ = (
         "arrival",
         "attempts",
+        "backoff_anchor",
+        "backoff_step",
         "chain",
         "client",
         "failure_reason",
@@ -118,7 +238,6 @@ class Request:
         "history_tokens",
         "id",
         "kept",
-        "kept_versions",
         "kv_bytes",
         "l_in",
         "l_out",
@@ -126,6 +245,7 @@ class Request:
         "plan",
         "recoveries",
         "retries",
+        "retry_at",
         "route_from",
         "seg_start",
         "stalled_since",
@@ -161,7 +281,6 @@ class Request:
         self.route_from = 0
         self.history_tokens = l_in
         self.kept: Chain = ()
-        self.kept_versions: tuple[int, ...] = ()  # server versions when ``kept`` was cut (cache still there)
         self.new_hops: Chain = ()
         self.tokens_done = 0
         self.seg_start = math.nan
@@ -169,6 +288,9 @@ class Request:
         self.token_time = math.nan
         self.plan = (math.nan, math.nan)  # (time to next token, per-token time) of a reserved start
         self.stalled_since = math.nan
+        self.retry_at = math.nan  # time of the scheduled back-off retry
+        self.backoff_anchor = math.nan  # capped back-off: retries at anchor + k x cap
+        self.backoff_step = 0  # k of the scheduled capped retry
         self.version = 0
 
     # derived metrics -------------------------------------------------------------------------------
@@ -196,6 +318,7 @@ class Request:
 
     @property
     def is_recovery(self) -> bool:
+        """Whether the next route resumes an interrupted request (from ``route_from``, replaying history)."""
         return self.route_from > 0 or self.tokens_done > 0
 
     def tokens_at(self, t: float) -> int:
@@ -215,10 +338,8 @@ class Request:
 # Cache timelines
 # --------------------------------------------------------------------------------------------------
 def max_usage(server: ServerState, t0: float, t1: float) -> int:
-    """Largest cache use on ``server`` over [t0, t1), from running sessions (held until their planned
-    finish) and reservations (held over their own interval)."""
-    if not server.reservations:
-        return sum(b for b, f in server.sessions.values() if f > t0)
+    """Largest cache use on ``server`` over [t0, t1), from its sessions (held until their planned end)
+    and reservations (held over their own interval); computed from the records, for invariant checks."""
     points = [t0] + [r0 for r0, _, _ in server.reservations.values() if t0 < r0 < t1]
     best = 0
     for tau in points:
@@ -228,38 +349,15 @@ def max_usage(server: ServerState, t0: float, t1: float) -> int:
     return best
 
 
-def blocked_starts(
-    server: ServerState, nbytes: int, now: float, duration: float
-) -> list[tuple[float, float]]:
-    """Open intervals (lo, hi) of start times t at which ``nbytes`` more would overflow ``server`` somewhere
-    in [t, t + duration), from its cache-use step function (running sessions and reservations)."""
-    threshold = server.cache_capacity - nbytes
-    usage = server.used_bytes
-    points: list[tuple[float, int]] = [(f, -b) for b, f in server.sessions.values() if f > now]
-    for r0, r1, b in server.reservations.values():
-        if r0 <= now:
-            usage += b
-        else:
-            points.append((r0, b))
-        points.append((r1, -b))
-    points.sort()
-    out = []
-    x = now
-    for t, delta in points:
-        if t > x:
-            if usage > threshold:
-                out.append((x - duration, t))
-            x = t
-        usage += delta
-    if usage > threshold:
-        out.append((x - duration, math.inf))
-    return out
+def hop_needs(hops: Chain, kv_bytes: int) -> dict[int, int]:
+    """Cache bytes a request with ``kv_bytes`` per block needs on each server of ``hops``."""
+    return {h.server: (h.end - h.start) * kv_bytes for h in hops}
 
 
 def earliest_start(servers: list[ServerState], needs: dict[int, int], now: float, duration: float) -> float:
     """Earliest t >= now at which every server j in ``needs`` has ``needs[j]`` bytes free over
-    [t, t + duration), given running sessions and reservations; inf if some need exceeds a capacity.
-    O(K log K) for K sessions and reservations on the chain's servers."""
+    [t, t + duration), given sessions and reservations; inf if some need can never fit.
+    Each server's :meth:`ServerState.earliest_fit` is searched from the latest candidate until all agree."""
     fast = True
     for j, b in needs.items():
         s = servers[j]
@@ -269,16 +367,19 @@ def earliest_start(servers: list[ServerState], needs: dict[int, int], now: float
             fast = False
     if fast:
         return now
-    blocked: list[tuple[float, float]] = []
-    for j, b in needs.items():
-        blocked += blocked_starts(servers[j], b, now, duration)
-    blocked.sort()
     t = now
-    for lo, hi in blocked:
-        if lo >= t:
-            break
-        if hi > t:
-            t = hi
+    checked: dict[int, float] = {}  # server -> the time it was found to fit at
+    moved = True
+    while moved:
+        moved = False
+        for j, b in needs.items():
+            if checked.get(j) == t:
+                continue
+            tj = checked[j] = servers[j].earliest_fit(b, t, duration)
+            if tj > t:
+                if tj == math.inf:
+                    return math.inf
+                t, moved = tj, True
     return t
 
 
@@ -337,33 +438,13 @@ class SwarmView:
     def wait_for(self, server: int, nbytes: int) -> float:
         """WS-RR's waiting time (s from now) until ``server`` has ``nbytes`` free, counting every running
         session and every reservation as held from now until its planned finish; inf if never."""
-        s = self.servers[server]
-        if nbytes > s.cache_capacity:
-            return math.inf
-        reserved = 0
-        for _, _, b in s.reservations.values():
-            reserved += b
-        free = s.cache_capacity - s.used_bytes - reserved
-        if free >= nbytes:
-            return 0.0
-        releases = [(f, b) for b, f in s.sessions.values()]
-        releases += [(r1, b) for _, r1, b in s.reservations.values()]
-        releases.sort()
-        for t, b in releases:
-            free += b
-            if free >= nbytes:
-                return max(t - self.now, 0.0)
-        return math.inf
+        return self.servers[server].wait_for(nbytes, self.now)
 
-    def earliest_start(self, chain: Chain, kv_bytes: int, duration: float) -> float:
-        """The simulator's own admission rule: the earliest absolute time >= now at which ``chain`` fits
-        for ``duration`` seconds with ``kv_bytes`` per block (reservations are never delayed)."""
-        needs: dict[int, int] = {}
-        for h in chain:
-            needs[h.server] = needs.get(h.server, 0) + (h.end - h.start) * kv_bytes
-        return earliest_start(self.servers, needs, self.now, duration)
-
-    def hop_fits_now(self, hop: Hop, kv_bytes: int) -> bool:
-        """Whether ``hop``'s server has the cache for it right now (ignoring future reservations)."""
-        s = self.servers[hop.server]
-        return s.used_bytes + (hop.end - hop.start) * kv_bytes <= s.cache_capacity
+    def admission(self, request: Request, hops: Chain) -> tuple[float, float, float, float]:
+        """What the simulator would do if ``request`` took ``hops`` now (after its kept hops):
+        (earliest start, first, token, duration) in seconds -- the start by the admission rule (a
+        reservation is never delayed; inf if a hop can never fit), the times by
+        :meth:`~petalgym.perfmodel.TimeModel.segment_times`."""
+        first, token, duration = self.time_model.segment_times(request, hops)
+        start = earliest_start(self.servers, hop_needs(hops, request.kv_bytes), self.now, duration)
+        return start, first, token, duration

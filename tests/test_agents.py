@@ -131,14 +131,20 @@ def test_reloaded_model_acts_within_the_mask(routing_run):
     from sb3_contrib import MaskablePPO
 
     model = MaskablePPO.load(routing_run.model_path, device="cpu")
-    env = gym.make("PetalRouting-v0", scenario="clustered-9", max_servers=9, scenario_overrides=SMALL)
+    env = gym.make(
+        "PetalRouting-v0",
+        scenario="clustered-9",
+        max_servers=9,
+        scenario_overrides=SMALL,
+        invalid_action="raise",
+    )
     obs, _ = env.reset(seed=7)
     done, steps = False, 0
     while not done:
         mask = env.unwrapped.action_masks()
         action, _ = model.predict(obs, deterministic=False, action_masks=mask)
         assert mask[int(action)]
-        obs, _, terminated, truncated, _ = env.step(int(action))  # invalid_action="raise" by default
+        obs, _, terminated, truncated, _ = env.step(int(action))  # strict: a masked action would raise
         done, steps = terminated or truncated, steps + 1
     assert steps >= 12
 

@@ -286,8 +286,7 @@ def test_ws_rr_is_the_shortest_chain_on_an_empty_swarm(clustered):
 def _fill(sim: Simulator, server: int, busy_for: float) -> None:
     """Occupy ``server``'s whole cache with a fake session ending ``busy_for`` seconds from now."""
     s = sim.servers[server]
-    s.sessions[-1] = (s.cache_capacity - s.used_bytes, sim.now + busy_for)
-    s.used_bytes = s.cache_capacity
+    s.hold(-1, s.cache_capacity - s.used_bytes, sim.now + busy_for)
 
 
 def _ws_cost(view, req, chain) -> float:
@@ -333,8 +332,7 @@ def test_ws_rr_matches_brute_force_under_random_load(busy, loc):
     for k, (j, share, dur) in enumerate(busy):
         s = sim.servers[j]
         b = int((s.cache_capacity - s.used_bytes) * share)
-        s.sessions[-1 - k] = (b, sim.now + dur)
-        s.used_bytes += b
+        s.hold(-1 - k, b, sim.now + dur)
     view, req = sim.view, _request(sc)
     route = dec.route(view, req)
     spans = dec.routable_spans(view)

@@ -114,18 +114,78 @@ def test_solve_offline_methods(capsys):
 
 def test_solve_bad_input_exits_2(capsys):
     assert main(["solve", "--requests", "0"]) == 2
-    assert "at least one request" in capsys.readouterr().out
+    assert "--requests: must be an integer >= 1, got 0" in capsys.readouterr().out
     # CG-BPRR cannot reserve cache for 10,000 concurrent sessions on clustered-9
     assert main(["solve", "--requests", "10000"]) == 2
     assert "error:" in capsys.readouterr().out
 
 
 def test_solve_milp_proves_the_paper_case_optimal(capfd):
-    from petalgym.baselines.milp import clear_milp_cache
-
-    clear_milp_cache()
     assert main(["solve", "--method", "milp", "--requests", "3"]) == 0
     out = capfd.readouterr().out  # file-descriptor level: HiGHS prints from C++
     assert "optimal" in out and "Running HiGHS" not in out  # the solver banner is silenced
     assert main(["solve", "--method", "milp", "--solver", "cbc", "--requests", "3"]) == 0
     assert "optimal" in capfd.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input (issue 10, point 7): one error: line, status 2, nothing written
+# --------------------------------------------------------------------------------------------------
+def one_error_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in out, out
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["simulate", "--seed", "-1"], ["--seed", "-1"]),
+        (["evaluate", "--seeds", "0"], ["--seeds", "0"]),
+        (["evaluate", "--seeds", "two"], ["--seeds", "two"]),
+        (["simulate", "--decider", "agent"], ["agent", "path"]),
+        (["simulate", "--decider-arg", "sesions_factor=2"], ["sesions_factor", "sessions_factor"]),
+        (["evaluate", "--deciders", "cg-bp-ws-rr:foo=1", "--seeds", "1"], ["foo", "num_sessions"]),
+        (["evaluate", "--agent", "no/such/model.zip", "--seeds", "1"], ["no/such/model.zip"]),
+        (["solve", "--requests", "-2"], ["--requests", "-2"]),
+    ],
+)
+def test_bad_arguments_are_one_error_line_with_status_2(argv, names, capsys, tmp_path):
+    out_dir = tmp_path / "results"
+    extra = ["--output", str(out_dir)] if argv[0] == "evaluate" else []
+    assert main(argv + extra) == 2
+    line = one_error_line(capsys.readouterr().out)
+    for name in names:
+        assert name in line
+    assert not out_dir.exists()  # nothing written (before: --seeds 0 overwrote results/ with an empty table)
+
+
+def test_a_missing_agent_file_fails_before_any_simulation(tmp_path, capsys, monkeypatch):
+    import petalgym.evaluation as ev
+
+    ran = []
+    monkeypatch.setattr(ev, "run_grid", lambda *a, **k: ran.append(1) or [])
+    assert main(["evaluate", "--deciders", "cg-bp-ws-rr", "--agent", str(tmp_path / "x.zip")]) == 2
+    assert not ran and "x.zip" in one_error_line(capsys.readouterr().out)
+
+
+def test_agents_with_the_same_stem_get_distinct_labels(tmp_path):
+    from petalgym.cli import agent_labels
+
+    a, b = tmp_path / "run1" / "model.zip", tmp_path / "run2" / "model.zip"
+    assert agent_labels([str(a), str(b)]) == ["agent:run1/model", "agent:run2/model"]
+    assert agent_labels([str(a)]) == ["agent:model"]
+    with pytest.raises(Exception, match="given twice"):
+        agent_labels([str(a), str(a)])
+
+
+def test_cg_bprr_infeasible_at_the_workloads_size_falls_back_and_says_so(tmp_path, capsys):
+    """CG-BP cannot reserve cache for 2,000 concurrent sessions on clustered-9: cg-bprr uses a feasible
+    |R| and the table says which (before: the whole grid aborted)."""
+    code = main(
+        ["evaluate", "--deciders", "cg-bprr,cg-bp-ws-rr", "--seeds", "1", "--no-progress",
+         "--set", "workload.num_requests=2000", "--set", "workload.arrival_rate=5", "--output", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "cg-bprr: |R| = " in md and "infeasible at the 2000 sessions asked for" in md

@@ -153,13 +153,67 @@ def test_env_checkers(env_id: str, obs_mode: str) -> None:
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    # the checkers step with unmasked random actions: invalid_action="default" replaces masked ones
-    env = gym.make(env_id, obs_mode=obs_mode, invalid_action="default")
+    # the checkers step with unmasked random actions: the default configuration must take every one
+    env = gym.make(env_id) if obs_mode == "flat" else gym.make(env_id, obs_mode=obs_mode)
     with warnings.catch_warnings():
         # SB3 recommends 1-D Boxes in Dict observations; our (rows, features) parts are deliberate
         warnings.filterwarnings("ignore", message=".*unconventional shape.*")
         check_env(env.unwrapped)
         sb3_check_env(env.unwrapped)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "scenario"),
+    [(e, "bellcanada-26-churn") for e in ENV_IDS] + [("PetalRouting-v0", "clustered-9")],
+)
+def test_a_deep_copy_or_pickled_env_evolves_like_its_original(env_id: str, scenario: str) -> None:
+    """A twin made mid-episode (copy.deepcopy, or a pickle round trip as SubprocVecEnv does) steps bit for
+    bit like the original. (Before: the twin's observation never changed -- its views into the copied
+    fill buffer looked into the original's -- and SB3 trained on a constant observation.)"""
+    import copy
+    import pickle
+
+    env = gym.make(env_id, scenario=scenario, scenario_overrides={"workload.horizon_s": 900.0}).unwrapped
+    obs, info = env.reset(seed=5)
+    for _ in range(4):
+        obs, *_, info = env.step(int(np.flatnonzero(info["action_mask"])[-1]))
+    twins = [copy.deepcopy(env), pickle.loads(pickle.dumps(env))]
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(80):
+        valid = np.flatnonzero(info["action_mask"])
+        if not len(valid):
+            break
+        a = int(rng.choice(valid))
+        before = obs
+        obs, reward, terminated, truncated, info = env.step(a)
+        changed += not np.array_equal(before, obs)
+        for twin in twins:
+            t_obs, t_reward, t_term, t_trunc, t_info = twin.step(a)
+            assert np.array_equal(t_obs, obs) and t_obs.dtype == obs.dtype
+            assert t_reward == reward and (t_term, t_trunc) == (terminated, truncated)
+            assert np.array_equal(t_info["action_mask"], info["action_mask"])
+        if terminated or truncated:
+            break
+    assert changed > 10  # the observations do evolve
+
+
+def test_errors_name_the_env_id_and_the_last_step_summarises_the_episode() -> None:
+    with pytest.raises(EnvConfigError, match=r"^PetalRouting-v0: unknown obs_mode 'x'"):
+        gym.make("PetalRouting-v0", obs_mode="x")
+    env = gym.make("PetalPlacement-v0", invalid_action="raise")
+    _, info = env.reset(seed=0)
+    with pytest.raises(InvalidActionError, match=r"^PetalPlacement-v0: action .* out of range"):
+        env.step(env.action_space.n)
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(info["default_action"])
+        done = terminated or truncated
+        assert ("summary" in info) == done
+    summary = info["summary"]
+    sim = env.unwrapped.sim
+    assert summary["arrived"] == len(sim.requests) == summary["completed"] + summary["failed"]
+    assert summary["per_token_s"] == pytest.approx(np.mean([r.per_token for r in sim.requests]))
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -328,7 +382,7 @@ def test_max_decisions_truncates() -> None:
 
 
 def test_invalid_actions() -> None:
-    env = gym.make("PetalAlloc-v0")
+    env = gym.make("PetalAlloc-v0", invalid_action="raise")
     u = env.unwrapped
     with pytest.raises(ResetNeeded, match="before reset"):
         u.step(0)
@@ -342,7 +396,7 @@ def test_invalid_actions() -> None:
     with pytest.raises(InvalidActionError, match="must be an integer"):
         env.step(1.5)
 
-    lenient = gym.make("PetalAlloc-v0", invalid_action="default", invalid_action_penalty=3.0)
+    lenient = gym.make("PetalAlloc-v0", invalid_action_penalty=3.0)  # the default replaces invalid actions
     _, info = lenient.reset(seed=0)
     default = info["default_action"]
     _, r_bad, *_, info_bad = lenient.step(masked)

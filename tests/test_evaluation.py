@@ -70,7 +70,7 @@ def test_outputs(tmp_path):
         "clustered-9", ["shortest"], range(2), settings={"": {"workload.num_requests": 10}}, progress=False
     )
     csv_path = ev.to_csv(tmp_path / "e.csv")
-    assert csv_path.read_text().splitlines()[0].startswith("setting,scenario,decider,seed")
+    assert csv_path.read_text().splitlines()[0].startswith("setting,scenario,decider,detail,note,seed")
     payload = json.loads(ev.to_json(tmp_path / "e.json").read_text())
     assert payload["aggregate"][0]["n"] == 2
     png = ev.plot(tmp_path / "e.png")
@@ -92,3 +92,38 @@ def test_bad_override_fails_before_simulating():
         from petalgym.evaluation import run_grid
 
         run_grid([], backend="nope", progress=False)
+
+
+def test_evaluate_accepts_decider_instances_and_checks_its_inputs():
+    from petalgym.deciders import make_decider
+
+    mine = make_decider("cg-bp-ws-rr", sessions_factor=0.5)
+    small = {"": {"workload.num_requests": 10}}
+    ev = evaluate("clustered-9", [mine], range(2), settings=small, progress=False)
+    assert [r["decider"] for r in ev.rows] == ["cg-bp-ws-rr"] * 2 and mine.sessions_used is None  # copies ran
+    ev = evaluate(
+        "clustered-9", [DeciderSpec.of(mine, "R/2"), "cg-bp-ws-rr"], [0], settings=small, progress=False
+    )
+    detail = {r["decider"]: r["detail"] for r in ev.rows}
+    assert detail["R/2"] != detail["cg-bp-ws-rr"] and "|R|=" in detail["R/2"]
+    with pytest.raises(PetalgymError, match="no seeds"):
+        evaluate("clustered-9", ["cg-bp-ws-rr"], [], progress=False)
+    with pytest.raises(PetalgymError, match="seeds must be integers >= 0"):
+        evaluate("clustered-9", ["cg-bp-ws-rr"], [-1], progress=False)
+    with pytest.raises(PetalgymError, match="labelled 'cg-bp-ws-rr'"):
+        evaluate("clustered-9", ["cg-bp-ws-rr", "cg-bp-ws-rr"], [0], progress=False)
+    with pytest.raises(PetalgymError, match="unknown argument 'x'"):
+        evaluate("clustered-9", ["cg-bp-ws-rr:x=1"], [0], progress=False)
+
+
+def test_seeds_without_a_value_are_counted_and_shown():
+    """A seed whose every request failed has no per-token time: it is counted, not dropped silently."""
+    rows = [
+        {"setting": "s", "decider": "d", "seed": k, "per_token_s": v, "ttft_s": v, "later_token_s": v,
+         "wait_s": 0.0, "failed": 0.0 if v == v else 5.0, "decide_s": 0.0}
+        for k, v in enumerate([1.0, 2.0, math.nan])
+    ]  # fmt: skip
+    ev = Evaluation(rows)
+    (agg,) = ev.aggregate()
+    assert agg["n"] == 3 and agg["per_token_s_nan"] == 1 and agg["per_token_s"] == pytest.approx(1.5)
+    assert "(1 of 3 seeds without)" in ev.to_markdown()

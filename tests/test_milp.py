@@ -434,7 +434,6 @@ def test_greedy_placement_is_feasible_for_all_requests(inst: OfflineInstance) ->
 # Decider
 # --------------------------------------------------------------------------------------------------
 def test_decider_places_the_milp_optimum_and_caches(monkeypatch) -> None:
-    milp.clear_milp_cache()
     sc = with_workload(load_scenario("clustered-9"), num_requests=12)
     calls = []
     real = milp.solve_milp
@@ -456,7 +455,7 @@ def test_decider_places_the_milp_optimum_and_caches(monkeypatch) -> None:
     done = [r for r in res.requests if r.chain]
     assert done and all({h.server for h in r.chain} <= {0, 1} for r in done)
     simulate(sc, make_decider("milp", num_sessions=3), seed=1)
-    assert calls == [3]  # cached by instance content: no re-solve for another seed or decider object
+    assert calls == [3]  # kept with the scenario: no re-solve for another seed or decider object
 
 
 def test_decider_default_sessions_is_cg_design_rule() -> None:

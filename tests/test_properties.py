@@ -10,10 +10,10 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import RandomFeasibleDecider, check_server_memory, small_scenarios
+from strategies import RandomFeasibleDecider, check_server_memory, scenario_dicts, small_scenarios
 
 from petalgym.deciders import Route
-from petalgym.perfmodel import chain_errors
+from petalgym.perfmodel import chain_errors, shortest_chain
 from petalgym.scenario import Scenario, scenario_from_dict
 from petalgym.simulator import Simulator
 from petalgym.swarm import Request, RequestStatus, ServerState, ServerStatus, SwarmView, earliest_start
@@ -179,12 +179,10 @@ def cache_timelines(draw: st.DrawFn):
         s.id = j
         s.cache_capacity = draw(st.integers(0, 12))
         for rid in range(draw(st.integers(0, 4))):
-            b = draw(st.integers(1, 5))
-            s.sessions[rid] = (b, now + 0.5 + draw(halves))
-            s.used_bytes += b
+            s.hold(rid, draw(st.integers(1, 5)), now + 0.5 + draw(halves))
         for rid in range(10, 10 + draw(st.integers(0, 3))):
             r0 = now + draw(halves)
-            s.reservations[rid] = (r0, r0 + 0.5 + draw(halves), draw(st.integers(1, 5)))
+            s.reserve(rid, r0, r0 + 0.5 + draw(halves), draw(st.integers(1, 5)))
         servers.append(s)
     needs = {j: draw(st.integers(1, 8)) for j in range(len(servers)) if draw(st.booleans()) or j == 0}
     return servers, needs, now, 0.5 + draw(halves)
@@ -220,3 +218,56 @@ def test_earliest_start_matches_brute_force(case):
     servers, needs, now, duration = case
     expected = brute_earliest(servers, needs, now, duration)
     assert earliest_start(servers, needs, now, duration) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# Skipped back-off retries: the same episode, fewer events
+# --------------------------------------------------------------------------------------------------
+class PureBackOff(RandomFeasibleDecider):
+    """Random placements and moves; routes (purely: no draws, no state) on the fastest chain with a
+    penalty on servers that lack cache for their whole span, and backs off when it does not fit."""
+
+    pure_route = True
+
+    def route(self, view: SwarmView, request: Request) -> Route | None:
+        kv = request.kv_bytes
+        fixed, per_block = view.time_model.token_costs(request.client)
+        for s in view.servers:
+            if s.start >= 0 and s.cache_capacity - s.used_bytes < (s.end - s.start) * kv:
+                fixed[s.id] += 10.0
+        _, chain = shortest_chain(view.spans(), fixed, per_block, view.num_blocks, request.route_from)
+        return Route(chain, wait=False) if chain else None
+
+
+def outcomes(sim: Simulator) -> list[tuple]:
+    return [
+        (r.id, r.status, r.start, r.first_token, r.finish, r.wait_s, r.recoveries, r.attempts,
+         r.failure_reason, r.first_chain, r.chain)
+        for r in sim.requests
+    ]  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=scenario_dicts(max_requests=40), cap=st.sampled_from([0.5, 2.0, 5.0]), seed=seeds, period=periods)
+def test_skipped_retries_give_the_same_episode(data, cap, seed, period):
+    data = {**data, "simulation": {"backoff_cap_s": cap}}
+    sc = scenario_from_dict(data, source="hypothesis")
+    runs = []
+    for skip in (True, False):
+        dec = PureBackOff(rebalance_period_s=period)
+        sim = Simulator(sc, seed, rebalance_period_s=period, check_invariants=skip, skip_retries=skip)
+        sim.run(dec)
+        runs.append(sim)
+    assert outcomes(runs[0]) == outcomes(runs[1])
+
+
+def test_skipping_happens_under_overload():
+    from petalgym.deciders import make_decider
+    from petalgym.scenario import load_scenario
+
+    sc = load_scenario("clustered-9", {"workload.arrival_rate": 1.0, "workload.num_requests": 300})
+    fast, full = Simulator(sc, 0), Simulator(sc, 0, skip_retries=False)
+    fast.run(make_decider("petals"))
+    full.run(make_decider("petals"))
+    assert outcomes(fast) == outcomes(full)
+    assert fast.skipped_retries > 1000 and fast.events < full.events / 2

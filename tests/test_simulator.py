@@ -192,7 +192,7 @@ def expected_retries(arrival: float, free_at: float, cap: float = 60.0) -> list[
 @pytest.mark.parametrize("cap", [60.0, 2.0])
 def test_backoff_retries_after_1_2_4_seconds(cap):
     sc, placements = one_slot()
-    sc = sc.with_overrides({"petals.backoff_cap_s": cap}) if cap != 60.0 else sc
+    sc = sc.with_overrides({"simulation.backoff_cap_s": cap}) if cap != 60.0 else sc
     sc = with_workload(sc, trace=one_slot()[0].workload.trace, num_requests=None)
     dec = Scripted(placements, wait=False)
     _, (r1, r2) = run(sc, dec)
@@ -553,3 +553,71 @@ def test_horizon_workload():
     empty = load_scenario("clustered-9", {"workload.num_requests": None, "workload.horizon_s": 1e-6})
     res = Simulator(empty, seed=3).run(ShortestChainDecider())
     assert res.requests == [] and res.decisions["ROUTE"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Recoveries keep their upstream cache; same-instant departures (issue 10, points 1 and 2)
+# --------------------------------------------------------------------------------------------------
+def test_recovery_keeps_its_upstream_cache_through_the_re_route():
+    """The minimal case: A on S0 [0,2) > S1 [2,4); B arrives 1 s later and reserves S0, which has cache for
+    one session, after A; S1 re-places at t >= 20 s. A keeps S0's cache, is routed first (to S2) and ends
+    when it would have without the move plus its replay; B's reservation is re-planned after A. (Before:
+    A's cache on S0 was released, B took it and A waited for B: A ended near 2 x its duration.)"""
+    sc = tiny(4, ["p", "p", "p"], [10.0, 10.0, 10.0], [(0.0, 10, 100), (1.0, 10, 100)])
+    one_session = 2 * sc.model.session_bytes(10, 100)  # S0: 2 blocks of cache for exactly one session
+    state: dict[str, float] = {}
+
+    class Steer(Scripted):
+        def route(self, view: SwarmView, request: Request) -> Route:
+            self.log.append(("route", view.now, (request.id, request.route_from, request.kept)))
+            tail = Hop(2 if "moved" in state else 1, 2, 4)
+            return Route((tail,) if request.route_from == 2 else (Hop(0, 0, 2), tail), wait=True)
+
+    def move(view: SwarmView, server: int) -> Placement | None:
+        if server == 1 and "moved" not in state and view.now >= 20.0:
+            state["moved"] = view.now
+            return Placement(2, 2, int(1e9))  # same blocks, another cache budget: it reloads
+        return None
+
+    placements = {0: Placement(0, 2, one_session), 1: Placement(2, 2), 2: Placement(2, 2)}
+    dec = Steer(placements, move=move, rebalance_period_s=0.5)
+    sim, (a, b) = run(sc, dec)
+    t_move = state["moved"]
+    prefill, d = hand_times(sc, [(0, 2), (1, 2)], 10)
+    t_first = sc.overheads.initial_delay_s + prefill
+    g = 1 + math.floor((t_move - t_first) / d)  # tokens A had when S1 left
+    _, step_kept = hand_times(sc, [(0, 2)], 10)
+    replay, _ = hand_times(sc, [(2, 2)], 10 + g)
+    a_finish = t_move + step_kept + replay + (100 - g - 1) * d
+    assert a.recoveries == 1 and a.finish == pytest.approx(a_finish, abs=1e-9)
+    assert a.finish < 2 * t_first + 100 * d  # far from the 2x of losing the cache to B
+    assert a.chain == (Hop(0, 0, 2), Hop(2, 2, 4))
+    assert b.start == a.finish  # B re-planned to start when A frees S0
+    assert b.finish == pytest.approx(b.start + t_first + 99 * d, abs=1e-9)
+    assert sim.kept_released == {}  # no recovery lost its kept cache
+    routes = [info[0] for k, _, info in dec.log if k == "route" and _ >= t_move]
+    assert routes[:2] == [0, 1]  # the interrupted request is routed before the cancelled reservation
+
+
+def test_same_instant_departures_are_applied_before_the_re_route():
+    """Three full-model servers all fail at t = 10 s (constant lifetimes): the interrupted request is not
+    re-routed onto a server that leaves at the same instant; it finds no chain, waits for a server to
+    come back and counts one recovery. (Before: it was routed onto the next leaving server and counted
+    two or three recoveries.)"""
+    churn = {
+        "enabled": True,
+        "lifetime_s": 10.0,
+        "downtime_s": 5.0,
+        "failure_fraction": 1.0,
+        "load_s_per_gb": 1.0,
+    }
+    sc = tiny(2, ["p", "p", "p"], [10.0, 10.0, 10.0], [(0.0, 10, 100)], churn=churn)
+    dec = Scripted({j: Placement(0, 2) for j in range(3)})
+    sim, (r,) = run(sc, dec)
+    route_times = dec.times("route")
+    assert route_times[:2] == [0.0, 10.0]  # routed at arrival, then once at 10 s: no chain
+    assert r.recoveries == 1 and r.status == RequestStatus.COMPLETED
+    assert sim.interruptions == {"failure": 1}
+    assert r.start == 0.0 and r.chain[0].server in range(3)
+    stalled = [t for k, t, info in dec.log if k == "route" and t > 10.0]
+    assert stalled and stalled[0] == pytest.approx(10.0 + 5.0 + 2.0)  # back after its downtime and reload

@@ -6,7 +6,9 @@ that whatever the built-in decider places is always expressible).
 
 ROUTE: the agent picks one of ``K`` candidate chains (:class:`ChainGenerator`): the built-in decider's
 chain first, then the next-best chains under WS-RR's costs (waiting time + hop time, the paper's online
-rule, see :func:`k_best_chains`), then the PETALS min-latency chain, de-duplicated.
+rule, see :func:`k_best_chains`), then the PETALS min-latency chain (asked of a ``petals`` decider made
+through the registry), de-duplicated. Each candidate carries what the simulator would do with it
+(:meth:`~petalgym.swarm.SwarmView.admission`): its earliest start and its times.
 
 Chains are tuples of :class:`~petalgym.perfmodel.Hop` from the request's ``route_from`` block to L (the
 request's kept upstream hops, if recovering, are not part of a candidate). Times in seconds, sizes in
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 
-from petalgym.baselines.petals import min_latency_chain
+import numpy as np
+
+from petalgym.deciders import Decider, make_decider
 from petalgym.perfmodel import (
     Chain,
     Hop,
@@ -28,6 +32,7 @@ from petalgym.perfmodel import (
     conservative_num_blocks,
     petals_cache_bytes_per_block,
     petals_num_blocks,
+    remaining_lengths,
 )
 from petalgym.scenario import Scenario
 from petalgym.swarm import Request, ServerStatus, SwarmView
@@ -186,30 +191,26 @@ class RouteCandidates:
     """The candidate chains of one ROUTE decision: ``chains[i]`` (hops from ``route_from`` to L) with its
     ``sources[i]`` (``"builtin"``, ``"ws-rr"`` or ``"petals"``); ``wait`` is the built-in decider's waiting
     mode, used for every candidate (True: reserve the earliest start; False: back off and retry).
-    ``petals_index`` is the index of the PETALS chain among them (-1 if it has none)."""
+    ``petals_index`` is the index of the PETALS chain among them (-1 if it has none). ``starts``,
+    ``tokens`` and ``durations`` (s): what the simulator would do with each chain now
+    (:meth:`~petalgym.swarm.SwarmView.admission`): the earliest start (absolute; inf if it never fits),
+    the per-token decode time, and the time from the start to the last token."""
 
     chains: list[Chain]
     sources: list[str]
     wait: bool
     petals_index: int = -1
-
-
-def effective_lengths(request: Request) -> tuple[int, int]:
-    """(l_in, l_out) that WS-RR costs a route with: the request's own, or for a recovery the replayed
-    history and the remaining tokens (as :class:`~petalgym.baselines.cg.CGBPWSRRDecider` does)."""
-    if request.tokens_done > 0 or request.route_from > 0:
-        return request.history_tokens, request.l_out - request.tokens_done + 1
-    return request.l_in, request.l_out
+    starts: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
 
 
 class ChainGenerator:
     """Builds the K candidate chains of ROUTE decisions on one scenario.
 
-    Alternatives and the PETALS chain are cached per placement (the ONLINE spans, so the caches also
-    serve later episodes that reach the same placement): the WS-RR alternatives per (client, lengths,
-    route_from, s_c) while no hop of any ONLINE server would wait (then every wait is 0, so the chains
-    depend on the placement only), the PETALS chain per (client, route_from, which servers lack cache).
-    Both caches are exact.
+    The WS-RR alternatives are cached per placement (the ONLINE spans, so the cache also serves later
+    episodes that reach the same placement), client, lengths, route_from and s_c while no hop of any
+    ONLINE server would wait (then every wait is 0, so the chains depend on the placement only); exact.
     """
 
     #: Entries kept per cache before it is emptied (bounds memory over long runs).
@@ -219,15 +220,12 @@ class ChainGenerator:
         self.scenario = scenario
         self.k = int(num_candidates)
         self.num_blocks = scenario.num_blocks
-        pc = scenario.petals
-        self._petals_args = (pc.hop_overhead_s, pc.lacking_cache_penalty_s)
-        self._rps = [s.profile.inference_rps for s in scenario.servers]
-        self._rtt = [row.tolist() for row in scenario.network.rtt_s]  # (C, S) raw RTT, seconds
         self._version = -1
         self._placement_ids: dict[tuple, int] = {}
         self._placement = -1  # id of the current placement (its ONLINE spans)
         self._alt_cache: dict[tuple, list[Chain]] = {}
-        self._petals_cache: dict[tuple, Chain] = {}
+        self.petals: Decider = make_decider("petals", rebalance=False)  # asked for its min-latency chain
+        self.petals.reset(scenario, np.random.default_rng(0))  # (its routing draws nothing)
 
     def reset(self) -> None:
         """A new episode (a new simulator, whose placement versions restart): re-read the placement."""
@@ -237,12 +235,9 @@ class ChainGenerator:
         if self._version == view.placement_version:
             return
         self._version = view.placement_version
-        if len(self._placement_ids) > self.MAX_CACHED or len(self._alt_cache) + len(self._petals_cache) > (
-            self.MAX_CACHED
-        ):
+        if len(self._placement_ids) > self.MAX_CACHED or len(self._alt_cache) > self.MAX_CACHED:
             self._placement_ids.clear()
             self._alt_cache.clear()
-            self._petals_cache.clear()
         self._placement = self._placement_ids.setdefault(tuple(view.spans()), len(self._placement_ids))
 
     # building blocks ------------------------------------------------------------------------------
@@ -267,7 +262,7 @@ class ChainGenerator:
     def ws_rr_chains(self, view: SwarmView, request: Request, k: int, no_waits: bool) -> list[Chain]:
         """The ``k`` best chains under WS-RR's cost (wait + hop time of the whole request) on every ONLINE
         server, cheapest first."""
-        l_in, l_out = effective_lengths(request)
+        l_in, l_out = remaining_lengths(request)
         kv = request.kv_bytes
         key = (self._placement, request.client, l_in, l_out, request.route_from, kv, k)
         if no_waits:
@@ -288,26 +283,10 @@ class ChainGenerator:
             self._alt_cache[key] = chains
         return chains
 
-    def petals_chain(self, view: SwarmView, request: Request, lacking: tuple[bool, ...]) -> Chain:
-        """PETALS' min-latency chain (:func:`petalgym.baselines.petals.min_latency_chain`), () if none."""
-        key = (self._placement, request.client, request.route_from, lacking)
-        chain = self._petals_cache.get(key)
-        if chain is None:
-            lacks_all = [True] * view.num_servers
-            for (j, _, _), lack in zip(view.spans(), lacking, strict=True):
-                lacks_all[j] = lack
-            _, chain = min_latency_chain(
-                view.spans(),
-                self.num_blocks,
-                self._rtt[request.client],
-                self._rps,
-                lacks_all,
-                start=request.route_from,
-                overhead_s=self._petals_args[0],
-                penalty_s=self._petals_args[1],
-            )
-            self._petals_cache[key] = chain
-        return chain
+    def petals_chain(self, view: SwarmView, request: Request) -> Chain:
+        """The ``petals`` decider's min-latency chain for ``request``, () if none."""
+        answer = self.petals.route(view, request)
+        return () if answer is None else answer.chain
 
     # the candidates -------------------------------------------------------------------------------
     def candidates(
@@ -321,11 +300,11 @@ class ChainGenerator:
         chains = [builtin]
         sources = ["builtin"]
         if k == 1:
-            return RouteCandidates(chains, sources, wait, -1)
+            return self._timed(RouteCandidates(chains, sources, wait, -1), view, request)
         if free is None:
             free = [s.cache_capacity - s.used_bytes for s in view.servers]
         lacking = self.lacking(view, request.kv_bytes, free)
-        petals = self.petals_chain(view, request, lacking)
+        petals = self.petals_chain(view, request)
         no_waits = self.no_hop_waits(view, lacking)
         # k alternatives suffice: at most one duplicates the built-in chain and one the PETALS chain
         for chain in self.ws_rr_chains(view, request, k, no_waits):
@@ -345,7 +324,17 @@ class ChainGenerator:
                     chains.append(chain)
                     sources.append("ws-rr")
         petals_index = chains.index(petals) if petals in chains else -1
-        return RouteCandidates(chains, sources, wait, petals_index)
+        return self._timed(RouteCandidates(chains, sources, wait, petals_index), view, request)
+
+    @staticmethod
+    def _timed(cands: RouteCandidates, view: SwarmView, request: Request) -> RouteCandidates:
+        """``cands`` with what the simulator would do with each chain now (its admission and times)."""
+        for chain in cands.chains:
+            start, _, token, duration = view.admission(request, chain)
+            cands.starts.append(start)
+            cands.tokens.append(token)
+            cands.durations.append(duration)
+        return cands
 
 
 __all__ = [
@@ -354,7 +343,6 @@ __all__ = [
     "Level",
     "RouteCandidates",
     "builtin_level",
-    "effective_lengths",
     "fixed_levels",
     "k_best_chains",
     "level_names",

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from petalgym.deciders import Decider, Route
+from petalgym.design import design_num_sessions, workload_lengths
 from petalgym.envs.candidates import (
     DEFAULT_LEVEL_MULTIPLIERS,
     ChainGenerator,
@@ -89,9 +90,7 @@ def normalise_chain(answer: Any) -> tuple[Chain, bool | None]:
 
 
 def design_sessions_for(scenario: Scenario) -> int:
-    """CG-BP's design |R| (:func:`petalgym.baselines.cg.design_num_sessions`), 1 if CG-BP cannot run."""
-    from petalgym.baselines.cg import design_num_sessions
-
+    """CG-BP's design |R| (:func:`petalgym.design.design_num_sessions`), 1 if CG-BP cannot run."""
     try:
         return design_num_sessions(scenario)
     except SolverError:
@@ -145,8 +144,6 @@ class DecisionCodec:
         self.num_candidates = int(num_candidates)
         self.max_servers = int(max_servers)
         self.num_blocks = L = scenario.num_blocks
-        from petalgym.baselines.cg import workload_lengths
-
         self.design_sessions = (
             design_sessions_for(scenario) if design_sessions is None else int(design_sessions)
         )

@@ -23,7 +23,6 @@ import numpy as np
 from gymnasium import spaces
 
 from petalgym.envs.candidates import Level, RouteCandidates
-from petalgym.perfmodel import Chain
 from petalgym.scenario import Scenario
 from petalgym.simulator import Decision, DecisionKind
 from petalgym.swarm import Request, ServerStatus, SwarmView
@@ -159,7 +158,6 @@ class ObservationBuilder:
             off += size
         self.size = off
         self._buf = np.zeros(off)  # float64 while filling; observations are float32 copies
-        self._views = {p: self._buf[self.slices[p]].reshape(self.shapes[p]) for p in self.parts}
 
         # static normalisers
         profiles = [s.profile for s in scenario.servers]
@@ -201,21 +199,30 @@ class ObservationBuilder:
         self._mem_norm = np.array(self._mem, dtype=np.float32) / max_mem
         self._tau_norm = np.array([p.tau_s for p in profiles], dtype=np.float32) / max_tau
         self._version = -1
-        self._times: dict[tuple, tuple[float, float]] = {}
         self._cover = np.zeros((S, L))  # 1 where an ONLINE server hosts a block
         self._status_cols = np.zeros((S, 6), dtype=np.float32)  # offline..draining, start/L, blocks/L
         self._loading_cov = np.zeros(L, dtype=np.float32)
         self._num_candidates = num_candidates
-        head = len(PART_FEATURES["decision"]) + (
+        self._head_size = len(PART_FEATURES["decision"]) + (
             len(PART_FEATURES["request"]) if "request" in self.parts else 0
         )
-        self._head = self._buf[:head]  # "decision" then "request" open every layout
-        self._server_cols: dict[str, np.ndarray] = {}
+        self._bind_views()
         if "servers" in self._views:
             srv = self._views["servers"]
             srv[:S, 0] = 1.0
             srv[:S, 1] = self._mem_norm
             srv[:S, 2] = self._tau_norm
+        self.reset()
+
+    def _bind_views(self) -> None:
+        """The named views into the fill buffer (made again after a copy: a copied view would no longer
+        look into the copied buffer, and the copy's observations would stop changing)."""
+        buf, S = self._buf, self._num_servers
+        self._views = {p: buf[self.slices[p]].reshape(self.shapes[p]) for p in self.parts}
+        self._head = buf[: self._head_size]  # "decision" then "request" open every layout
+        self._server_cols: dict[str, np.ndarray] = {}
+        if "servers" in self._views:
+            srv = self._views["servers"]
             self._server_cols = {
                 "rtt": srv[:S, 9],
                 "flags": srv[:S, 10:12],
@@ -225,7 +232,16 @@ class ObservationBuilder:
             }
         if "blocks" in self._views:
             self._block_slots = self._views["blocks"][:, 2]
-        self.reset()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in ("_views", "_head", "_server_cols", "_block_slots"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_views()
 
     # spaces -----------------------------------------------------------------------------------------
     def part_spaces(self) -> dict[str, spaces.Box]:
@@ -436,36 +452,13 @@ class ObservationBuilder:
         return (
             req.l_in / T,
             req.l_out / T,
-            1.0 if (req.route_from > 0 or req.tokens_done > 0) else 0.0,
+            1.0 if req.is_recovery else 0.0,
             req.route_from / self.L,
             req.client / (self._num_clients - 1) if self._num_clients > 1 else 0.0,
             req.tokens_done / req.l_out,
             min(req.attempts, 10) / 10.0,
             math.log1p(max(now - req.arrival, 0.0)) / _LOG_HOUR,
         )
-
-    def _chain_times(self, view: SwarmView, req: Request, hops: Chain) -> tuple[float, float]:
-        """(time to the next token, per-token decode time) of ``req`` on ``hops`` (after its kept hops),
-        exactly as the simulator computes them; cached for fresh requests."""
-        recovery = req.tokens_done > 0 or req.route_from > 0
-        key = None
-        if not recovery:
-            key = (hops, req.client, req.l_in)
-            hit = self._times.get(key)
-            if hit is not None:
-                return hit
-        tm = view.time_model
-        chain = req.kept + hops if req.kept else hops
-        d = tm.token_time(chain, req.client)
-        if recovery:
-            first = tm.prefill_time(hops, req.client, req.history_tokens) + d
-        else:
-            first = tm.initial_delay + tm.prefill_time(chain, req.client, req.l_in)
-        if key is not None:
-            if len(self._times) > 4096:
-                self._times.clear()
-            self._times[key] = (first, d)
-        return first, d
 
     def _candidate_features(
         self, view: SwarmView, req: Request, cand: RouteCandidates, free: list[int]
@@ -474,34 +467,16 @@ class ObservationBuilder:
         rows: list[tuple] = [_ZEROS8] * self._num_candidates
         servers = view.servers
         kv = req.kv_bytes
-        remaining = req.l_out - req.tokens_done
-        kept = req.kept
         inv_r = 1.0 / self.R
         now = view.now
         for i, hops in enumerate(cand.chains):
-            first, d = self._chain_times(view, req, hops)
-            duration = first + (remaining - 1) * d
+            d, duration = cand.tokens[i], cand.durations[i]
             tight = math.inf
-            fits = True
             for h in hops:
-                s = servers[h.server]
-                need = (h.end - h.start) * kv
-                f = free[h.server]
-                if s.reservations:
-                    fits = False
-                    f -= sum(r[2] for r in s.reservations.values())
-                elif f < need:
-                    fits = False
-                t = f / need
+                t = (free[h.server] - servers[h.server].reserved_bytes) / ((h.end - h.start) * kv)
                 if t < tight:
                     tight = t
-            if kept:
-                for h in kept:
-                    s = servers[h.server]
-                    if s.reservations or s.used_bytes + (h.end - h.start) * kv > s.cache_capacity:
-                        fits = False
-            # the simulator's admission rule (exact; the fast path when every hop fits now)
-            wait = 0.0 if fits else view.earliest_start(kept + hops, kv, duration) - now
+            wait = cand.starts[i] - now  # the simulator's own admission rule (exact)
             if wait < math.inf:
                 per_token = math.log1p((wait + duration) / req.l_out)
                 log_wait = math.log1p(wait) / _LOG_HOUR

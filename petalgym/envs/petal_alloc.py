@@ -14,10 +14,12 @@ before the first decision of an episode are paid at the first step, so the undis
 finished episode is exactly minus the scaled sum of per-token times (and penalties) of all its requests.
 
 The episode ends (``terminated``) when every request has completed or failed; ``max_decisions`` truncates
-it after that many agent steps. When no decision is pending (``info["decision"] == ""``: after the end,
-or after a reset whose whole episode needed no agent decision, e.g. routing control when no chain ever
-exists) the observation is all zeros, the mask all False and ``info["default_action"]`` is 0; in the
-second case the first step ignores its action and ends the episode with its reward.
+it after that many agent steps. The last step's ``info["summary"]`` holds the episode's metrics
+(:func:`petalgym.metrics.summarise`: mean per-token time, TTFT, waits, failures, ...). When no decision
+is pending (``info["decision"] == ""``: after the end, or after a reset whose whole episode needed no
+agent decision, e.g. routing control when no chain ever exists) the observation is all zeros, the mask
+all False and ``info["default_action"]`` is 0; in the second case the first step ignores its action and
+ends the episode with its reward.
 
 ``reset(seed)`` draws the simulator's seed from ``self.np_random`` (kept as ``sim_seed``), so the seed
 fixes the whole episode: arrivals, lengths, churn, join order and the built-in decider's random stream;
@@ -42,6 +44,8 @@ from petalgym.envs.candidates import DEFAULT_LEVEL_MULTIPLIERS
 from petalgym.envs.codec import CONTROLS, DecisionCodec, EnvConfigError, InvalidActionError, Pending
 from petalgym.envs.features import OBS_MODES
 from petalgym.envs.render import render_rgb, render_text
+from petalgym.errors import PetalgymError
+from petalgym.metrics import summarise
 from petalgym.scenario import Scenario, load_scenario
 from petalgym.simulator import DecisionKind, Simulator
 from petalgym.swarm import RequestStatus, SwarmView
@@ -77,8 +81,9 @@ class PetalAllocEnv(gym.Env):
         obs_mode: ``"flat"`` (one Box), ``"dict"`` (a Dict of Boxes with the mask under ``"action_mask"``)
             or ``"rllib"`` (``{"observations": flat Box, "action_mask": Box}``, RLlib's action masking).
         failure_penalty: seconds-per-token equivalent charged per failed request.
-        invalid_action: ``"raise"`` (a masked or out-of-range action raises InvalidActionError) or
-            ``"default"`` (it is replaced by the built-in decider's choice and penalised).
+        invalid_action: ``"default"`` (the default: a masked or out-of-range action is replaced by the
+            built-in decider's choice and penalised, so every action of ``action_space`` can be stepped,
+            as Gymnasium's contract asks) or ``"raise"`` (strict: it raises InvalidActionError).
         invalid_action_penalty: seconds-per-token equivalent charged for a replaced action.
         scenario_overrides: dotted-path overrides of the scenario (``{"workload.arrival_rate": 0.5}``).
         max_servers: rows of the per-server observation (default: the scenario's servers).
@@ -88,6 +93,8 @@ class PetalAllocEnv(gym.Env):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    #: The registered id this class is made by (error messages name ``spec.id`` once gym.make set it).
+    env_id: ClassVar[str] = "PetalAlloc-v0"
 
     def __init__(
         self,
@@ -99,7 +106,7 @@ class PetalAllocEnv(gym.Env):
         reward_scale: float = 1.0,
         obs_mode: str = "flat",
         failure_penalty: float = 50.0,
-        invalid_action: str = "raise",
+        invalid_action: str = "default",
         invalid_action_penalty: float = 1.0,
         scenario_overrides: dict[str, Any] | None = None,
         max_servers: int | None = None,
@@ -107,6 +114,58 @@ class PetalAllocEnv(gym.Env):
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         render_mode: str | None = None,
     ):
+        try:
+            self._configure(
+                scenario=scenario,
+                control=control,
+                decider=decider,
+                max_decisions=max_decisions,
+                num_candidates=num_candidates,
+                reward_scale=reward_scale,
+                obs_mode=obs_mode,
+                failure_penalty=failure_penalty,
+                invalid_action=invalid_action,
+                invalid_action_penalty=invalid_action_penalty,
+                scenario_overrides=scenario_overrides,
+                max_servers=max_servers,
+                decider_kwargs=decider_kwargs,
+                level_multipliers=level_multipliers,
+                render_mode=render_mode,
+            )
+        except PetalgymError as exc:  # name the env id that was made
+            raise type(exc)(f"{self.env_id}: {exc}") from None
+
+        self.sim: Simulator | None = None
+        self.sim_seed: int | None = None
+        self.episode_id = 0
+        self.pending: Pending | None = None
+        self._decider_rng_state: dict | None = None
+        self._no_mask = np.zeros(self.codec.n_actions, dtype=np.int8)
+        self._mask = self._no_mask
+        self._seen = 0
+        self._steps = 0
+        self._ended = False
+
+    def _configure(
+        self,
+        *,
+        scenario: str | Scenario,
+        control: str,
+        decider: str | Decider,
+        max_decisions: int | None,
+        num_candidates: int,
+        reward_scale: float,
+        obs_mode: str,
+        failure_penalty: float,
+        invalid_action: str,
+        invalid_action_penalty: float,
+        scenario_overrides: dict[str, Any] | None,
+        max_servers: int | None,
+        decider_kwargs: dict[str, Any] | None,
+        level_multipliers: Sequence[float],
+        render_mode: str | None,
+    ) -> None:
+        """Check and store the arguments (see the class docstring), build the codec and the spaces."""
         if control not in CONTROLS:
             raise EnvConfigError(f"unknown control mode {control!r} (known: {', '.join(CONTROLS)})")
         if obs_mode not in OBS_MODES:
@@ -154,17 +213,6 @@ class PetalAllocEnv(gym.Env):
         self.action_space = spaces.Discrete(self.codec.n_actions)
         self.observation_space = self.codec.features.space(obs_mode, self.codec.n_actions)
 
-        self.sim: Simulator | None = None
-        self.sim_seed: int | None = None
-        self.episode_id = 0
-        self.pending: Pending | None = None
-        self._decider_rng_state: dict | None = None
-        self._no_mask = np.zeros(self.codec.n_actions, dtype=np.int8)
-        self._mask = self._no_mask
-        self._seen = 0
-        self._steps = 0
-        self._ended = False
-
     # ----------------------------------------------------------------------------------------------
     # Gymnasium API
     # ----------------------------------------------------------------------------------------------
@@ -186,6 +234,8 @@ class PetalAllocEnv(gym.Env):
                 sim_seed = int(s)
         self.sim_seed = sim_seed
         self.sim = Simulator(self.scenario, sim_seed, rebalance_period_s=self.builtin.rebalance_period_s)
+        if _ROUTE not in self.codec.controlled:  # the built-in decider answers every retry
+            self.sim.retry_decider = self.builtin
         self._decider_rng_state = copy.deepcopy(self.sim.decider_rng.bit_generator.state)
         self.builtin.reset(self.scenario, self.sim.decider_rng)
         self.codec.reset()
@@ -204,9 +254,9 @@ class PetalAllocEnv(gym.Env):
         """Apply ``action`` to the pending decision, run the swarm to the next decision the agent controls,
         and return (observation, reward, terminated, truncated, info)."""
         if self.sim is None:
-            raise ResetNeeded("PetalAllocEnv: step() called before reset()")
+            raise ResetNeeded(f"{self.id}: step() called before reset()")
         if self._ended:
-            raise ResetNeeded("PetalAllocEnv: step() called after the episode ended; call reset() first")
+            raise ResetNeeded(f"{self.id}: step() called after the episode ended; call reset() first")
         pending = self.pending
         a = self._action_index(action)
         invalid = False
@@ -216,7 +266,7 @@ class PetalAllocEnv(gym.Env):
             if invalid:
                 if self.invalid_action == "raise":
                     raise InvalidActionError(
-                        f"PetalAllocEnv: action {a} {reason}; valid actions: {self._valid_summary()} (use "
+                        f"{self.id}: action {a} {reason}; valid actions: {self._valid_summary()} (use "
                         "env.action_masks() or info['action_mask'], or invalid_action='default')"
                     )
                 a = pending.default_action
@@ -244,6 +294,8 @@ class PetalAllocEnv(gym.Env):
             invalid_action=invalid,
             applied_action=a,
         )
+        if self._ended:  # the episode's outcome so far (all of it when terminated)
+            info["summary"] = summarise(self.sim.requests)
         return self._observation(), float(reward), terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:
@@ -266,17 +318,22 @@ class PetalAllocEnv(gym.Env):
     # For adapters and analysis
     # ----------------------------------------------------------------------------------------------
     @property
+    def id(self) -> str:
+        """The env id this env was made as (``spec.id`` after gym.make), for messages."""
+        return self.spec.id if self.spec is not None else self.env_id
+
+    @property
     def view(self) -> SwarmView:
         """The simulator's read-only swarm view (after reset)."""
         if self.sim is None:
-            raise ResetNeeded("PetalAllocEnv: no swarm before reset()")
+            raise ResetNeeded(f"{self.id}: no swarm before reset()")
         return self.sim.view
 
     def fresh_decider_rng(self) -> np.random.Generator:
         """A new generator in the initial state of this episode's decider stream (the stream the built-in
         decider got at reset, and that :meth:`~petalgym.simulator.Simulator.run` would hand a decider)."""
         if self._decider_rng_state is None:
-            raise ResetNeeded("PetalAllocEnv: no episode before reset()")
+            raise ResetNeeded(f"{self.id}: no episode before reset()")
         rng = np.random.default_rng()
         rng.bit_generator.state = copy.deepcopy(self._decider_rng_state)
         return rng
@@ -342,7 +399,7 @@ class PetalAllocEnv(gym.Env):
             a = a.reshape(()).item()
         if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
             raise InvalidActionError(
-                f"PetalAllocEnv: action must be an integer in [0, {self.codec.n_actions}), got {action!r}"
+                f"{self.id}: action must be an integer in [0, {self.codec.n_actions}), got {action!r}"
             )
         return int(a)
 
@@ -360,20 +417,22 @@ class PetalAllocEnv(gym.Env):
 class PetalPlacementEnv(PetalAllocEnv):
     """PetalPlacement-v0: PetalAllocEnv with ``control="placement"`` fixed (the built-in decider routes)."""
 
+    env_id: ClassVar[str] = "PetalPlacement-v0"
+
     def __init__(self, scenario: str | Scenario = "clustered-9", **kwargs: Any):
         if "control" in kwargs:
-            raise EnvConfigError(
-                "PetalPlacement-v0 fixes control='placement'; use PetalAlloc-v0 to choose it"
-            )
+            raise EnvConfigError(f"{self.env_id} fixes control='placement'; use PetalAlloc-v0 to choose it")
         super().__init__(scenario, control="placement", **kwargs)
 
 
 class PetalRoutingEnv(PetalAllocEnv):
     """PetalRouting-v0: PetalAllocEnv with ``control="routing"`` fixed (the built-in decider places)."""
 
+    env_id: ClassVar[str] = "PetalRouting-v0"
+
     def __init__(self, scenario: str | Scenario = "clustered-9", **kwargs: Any):
         if "control" in kwargs:
-            raise EnvConfigError("PetalRouting-v0 fixes control='routing'; use PetalAlloc-v0 to choose it")
+            raise EnvConfigError(f"{self.env_id} fixes control='routing'; use PetalAlloc-v0 to choose it")
         super().__init__(scenario, control="routing", **kwargs)
 
 
