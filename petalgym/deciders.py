@@ -88,8 +88,8 @@ def decider_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_decider(name: str, **kwargs: Any) -> Decider:
-    """Build the decider registered as ``name`` with ``kwargs``."""
+def _factory(name: str) -> Callable[..., Decider]:
+    """The factory registered as ``name``, imported on first use."""
     _load_builtin()
     if name not in _REGISTRY:
         raise DeciderError(f"unknown decider {name!r} (known: {', '.join(sorted(_REGISTRY))})")
@@ -101,6 +101,13 @@ def make_decider(name: str, **kwargs: Any) -> Decider:
         except (ImportError, AttributeError) as exc:
             raise DeciderError(f"decider {name!r}: cannot load {module}:{attr} ({exc})") from exc
         _REGISTRY[name] = factory
+    return factory
+
+
+def make_decider(name: str, **kwargs: Any) -> Decider:
+    """Build the decider registered as ``name`` with ``kwargs`` (an unknown keyword, or a missing required
+    one, raises DeciderError naming it and the accepted ones)."""
+    factory = _factory(name)
     _check_arguments(name, factory, kwargs)
     return factory(**kwargs)
 
@@ -108,14 +115,7 @@ def make_decider(name: str, **kwargs: Any) -> Decider:
 def decider_arguments(name: str) -> dict[str, Any]:
     """The keyword arguments the decider ``name`` accepts, with their defaults (``inspect.Parameter.empty``
     for a required one)."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise DeciderError(f"unknown decider {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-    factory = _REGISTRY[name]
-    if isinstance(factory, str):
-        module, attr = factory.split(":")
-        factory = getattr(importlib.import_module(module), attr)
-    return _parameters(factory)
+    return _parameters(_factory(name))
 
 
 def _parameters(factory: Callable[..., Decider]) -> dict[str, Any]:

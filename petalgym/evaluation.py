@@ -136,9 +136,6 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
     return mean, half
 
 
-Runner = Callable[[Sequence[RunSpec], Callable[[dict[str, Any]], None]], list[dict[str, Any]]]
-
-
 def _run_local(
     specs: Sequence[RunSpec], workers: int, on_row: Callable[[dict[str, Any]], None]
 ) -> list[dict]:

@@ -11,15 +11,6 @@ import numpy as np
 
 from petalgym.swarm import Request, RequestStatus
 
-#: Aggregate metrics reported for every run, with their units.
-METRICS: dict[str, str] = {
-    "per_token_s": "mean time per token over all tokens of completed requests, waiting included (s)",
-    "ttft_s": "mean time to first token of completed requests, waiting included (s)",
-    "later_token_s": "mean time of each token after the first, completed requests (s)",
-    "wait_s": "mean time a completed request waited for cache or a chain (s)",
-    "failed": "requests that failed",
-}
-
 
 def request_record(r: Request) -> dict[str, Any]:
     """A flat dict describing one request's outcome (the per-request CSV row)."""

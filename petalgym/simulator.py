@@ -979,7 +979,7 @@ class Simulator:
             nbytes, old = s.sessions[rid]
             if end > old and s.reservations:
                 limit = s.cache_capacity - nbytes - s.used_bytes
-                planned = s.planned
+                planned = s.timelines()[0]
                 if planned.prefix(old) > limit or (planned.first_above(old, limit) or math.inf) < end:
                     requests = self.requests
                     for other in sorted(s.reservations):
@@ -1161,17 +1161,7 @@ class Simulator:
                 f"server {s.id}: cache {s.used_bytes} > {s.cache_capacity}"
             )
             assert s.reserved_bytes == sum(b for _, _, b in s.reservations.values())
-            planned: dict[float, int] = {}
-            releases: dict[float, int] = {}
-            for b, f in s.sessions.values():
-                planned[f] = planned.get(f, 0) - b
-                releases[f] = releases.get(f, 0) + b
-            for r0, r1, b in s.reservations.values():
-                planned[r0] = planned.get(r0, 0) + b
-                planned[r1] = planned.get(r1, 0) - b
-                releases[r1] = releases.get(r1, 0) + b
-            assert s.planned.items() == sorted((t, v) for t, v in planned.items() if v), f"server {s.id}"
-            assert s.releases.items() == sorted((t, v) for t, v in releases.items() if v), f"server {s.id}"
+            s.check_timelines()
             if s.status in (_ONLINE, _DRAINING, _LOADING):
                 assert s.num_blocks * self._block_bytes + s.cache_capacity <= s.memory_bytes, (
                     f"server {s.id}: blocks + cache exceed memory"

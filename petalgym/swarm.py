@@ -43,21 +43,24 @@ class ServerState:
 
     Cache held or planned on the server: ``sessions`` (request id -> (bytes, planned end)) hold bytes now
     until their planned end; ``reservations`` (request id -> (start, end, bytes)) will hold bytes over
-    [start, end). Change them only through :meth:`hold`, :meth:`set_end`, :meth:`drop`, :meth:`reserve`
-    and :meth:`unreserve`, which keep the two timelines the admission rule and WS-RR search in step:
-    ``planned`` (the planned use minus the bytes held now: -b at a session's end, +b / -b at a
-    reservation's start / end) and ``releases`` (+b at the end of every session and reservation).
+    [start, end). Change them only through :meth:`hold`, :meth:`set_end`, :meth:`drop`, :meth:`reserve`,
+    :meth:`begin_reserved` and :meth:`unreserve`. The admission rule and WS-RR search two timelines built
+    from these records (:meth:`timelines`): ``planned`` (the planned use minus the bytes held now: -b at a
+    session's end, +b / -b at a reservation's start / end) and ``releases`` (+b at the end of every session
+    and reservation). They are built when first asked for and then kept in step with every change, until
+    the server has no reservation left (then a question is rare: the fast paths answer it from the totals),
+    so a lightly loaded swarm pays nothing for them and an overloaded one O(log n) per change.
     """
 
     __slots__ = (
+        "_planned",
+        "_releases",
         "_releases_at",
         "cache_capacity",
         "end",
         "id",
         "memory_bytes",
         "placements",
-        "planned",
-        "releases",
         "reservations",
         "reserved_bytes",
         "sessions",
@@ -80,8 +83,8 @@ class ServerState:
         self.reserved_bytes = 0  # bytes of all reservations
         self.sessions: dict[int, tuple[int, float]] = {}  # request id -> (bytes held, planned end)
         self.reservations: dict[int, tuple[float, float, int]] = {}  # request id -> (start, end, bytes)
-        self.planned = Timeline()
-        self.releases = Timeline()
+        self._planned: Timeline | None = None  # None: not kept now (built from the records when asked)
+        self._releases: Timeline | None = None
         self._releases_at: dict[tuple[int, int], float] = {}  # wait_for's answers, while nothing changes
         self.version = 0  # bumped whenever the server goes offline or changes placement
         self.placements = 0  # how many placements it has received
@@ -97,59 +100,86 @@ class ServerState:
         return Placement(self.start, self.end - self.start, self.cache_capacity)
 
     # cache bookkeeping ----------------------------------------------------------------------------
+    def timelines(self) -> tuple[Timeline, Timeline]:
+        """(planned, releases), built from the records if they are not kept now."""
+        if self._planned is None:
+            planned, releases = Timeline(), Timeline()
+            for nbytes, end in self.sessions.values():
+                planned.add(end, -nbytes)
+                releases.add(end, nbytes)
+            for start, end, nbytes in self.reservations.values():
+                planned.add(start, nbytes)
+                planned.add(end, -nbytes)
+                releases.add(end, nbytes)
+            self._planned, self._releases = planned, releases
+        return self._planned, self._releases  # type: ignore[return-value]
+
+    def check_timelines(self) -> None:
+        """AssertionError unless the timelines kept (if any) equal those the records give (for tests)."""
+        if self._planned is not None:
+            kept = (self._planned.items(), self._releases.items())  # type: ignore[union-attr]
+            self._planned = self._releases = None
+            assert kept == tuple(t.items() for t in self.timelines()), f"server {self.id}: timelines"
+
+    def _changed(self, start: float | None, end: float | None, nbytes: int, session: bool) -> None:
+        """Keep the timelines in step: ``nbytes`` (negative to remove) start being held at ``start``
+        (None: a session, held from now) until ``end``."""
+        self._releases_at.clear()
+        planned = self._planned
+        if planned is None:
+            return
+        if start is not None:
+            planned.add(start, nbytes)
+        if end is not None:
+            planned.add(end, -nbytes)
+            self._releases.add(end, nbytes)  # type: ignore[union-attr]
+        if not session and not self.reservations:
+            self._planned = self._releases = None
+
     def hold(self, rid: int, nbytes: int, end: float) -> None:
         """Request ``rid`` holds ``nbytes`` from now until (at least) ``end``."""
-        self._releases_at.clear()
         self.sessions[rid] = (nbytes, end)
         self.used_bytes += nbytes
-        self.planned.add(end, -nbytes)
-        self.releases.add(end, nbytes)
+        self._changed(None, end, nbytes, True)
 
     def set_end(self, rid: int, end: float) -> None:
         """Move the planned end of request ``rid``'s held bytes to ``end``."""
         nbytes, old = self.sessions[rid]
         if old != end:
-            self._releases_at.clear()
             self.sessions[rid] = (nbytes, end)
-            self.planned.add(old, nbytes)
-            self.planned.add(end, -nbytes)
-            self.releases.add(old, -nbytes)
-            self.releases.add(end, nbytes)
+            self._changed(None, old, -nbytes, True)
+            self._changed(None, end, nbytes, True)
 
     def drop(self, rid: int) -> int | None:
         """Release what request ``rid`` holds; returns the bytes (None if it held nothing)."""
         held = self.sessions.pop(rid, None)
         if held is None:
             return None
-        self._releases_at.clear()
         nbytes, end = held
         self.used_bytes -= nbytes
-        self.planned.add(end, nbytes)
-        self.releases.add(end, -nbytes)
+        self._changed(None, end, -nbytes, False)
         return nbytes
 
     def reserve(self, rid: int, start: float, end: float, nbytes: int) -> None:
         """Request ``rid`` will hold ``nbytes`` over [start, end)."""
-        self._releases_at.clear()
         self.reservations[rid] = (start, end, nbytes)
         self.reserved_bytes += nbytes
-        self.planned.add(start, nbytes)
-        self.planned.add(end, -nbytes)
-        self.releases.add(end, nbytes)
+        self._changed(start, end, nbytes, False)
 
     def begin_reserved(self, rid: int, end: float) -> int:
         """Request ``rid``'s reservation starts now: its bytes are held until ``end``; returns them."""
         start, old_end, nbytes = self.reservations.pop(rid)
-        self._releases_at.clear()
         self.reserved_bytes -= nbytes
         self.sessions[rid] = (nbytes, end)
         self.used_bytes += nbytes
-        self.planned.add(start, -nbytes)
-        if end != old_end:
-            self.planned.add(old_end, nbytes)
-            self.planned.add(end, -nbytes)
-            self.releases.add(old_end, -nbytes)
-            self.releases.add(end, nbytes)
+        self._releases_at.clear()
+        if self._planned is not None:  # its start is now; if its end stays, only the start delta goes
+            self._planned.add(start, -nbytes)
+            if end != old_end:
+                self._changed(None, old_end, -nbytes, True)
+                self._changed(None, end, nbytes, True)
+            if not self.reservations:
+                self._planned = self._releases = None
         return nbytes
 
     def unreserve(self, rid: int) -> tuple[float, float, int] | None:
@@ -157,12 +187,9 @@ class ServerState:
         res = self.reservations.pop(rid, None)
         if res is None:
             return None
-        self._releases_at.clear()
         start, end, nbytes = res
         self.reserved_bytes -= nbytes
-        self.planned.add(start, -nbytes)
-        self.planned.add(end, nbytes)
-        self.releases.add(end, -nbytes)
+        self._changed(start, end, -nbytes, False)
         return res
 
     # questions -------------------------------------------------------------------------------------
@@ -174,7 +201,7 @@ class ServerState:
         if duration <= 0.0:
             return after
         limit = self.cache_capacity - nbytes - self.used_bytes  # on planned.prefix(t)
-        planned = self.planned
+        planned = self.timelines()[0]
         t = after
         over, nxt = planned.next_crossing(t, limit)
         while True:
@@ -200,7 +227,7 @@ class ServerState:
         key = (nbytes, self.cache_capacity)
         t = self._releases_at.get(key)
         if t is None:
-            found = self.releases.first_above(-math.inf, nbytes - free - 1)
+            found = self.timelines()[1].first_above(-math.inf, nbytes - free - 1)
             t = self._releases_at[key] = math.inf if found is None else found
         return max(t - now, 0.0)
 
