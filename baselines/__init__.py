@@ -17,6 +17,8 @@ BASELINES: dict[str, str] = {
     "petals-opt-order": "petalgym.baselines.ablations:optimized_order",
     "petals-opt-number": "petalgym.baselines.ablations:optimized_number",
     "petals-opt-rr": "petalgym.baselines.ablations:optimized_rr",
+    "petals-paper": "petalgym.baselines.paper:PetalsPaperDecider",
+    "cg-bp-ws-rr-paper": "petalgym.baselines.paper:CGBPWSRRPaperDecider",
 }
 
 for _name, _target in BASELINES.items():

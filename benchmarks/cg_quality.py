@@ -1,14 +1,17 @@
 """Quality of CG-BPRR against the exact MILP optimum of the offline BPRR problem (and Theorem 2's bound).
 
-Two suites, printed as rich tables (average per-token time, seconds):
+Three suites, printed as rich tables (average per-token time, seconds):
 
-* the paper's clustered testbed (clustered-9, client in cluster 0, 1 or 2) for a few |R|;
+* the paper's offline 9 x 3 case (the authors' test_general_case.m, RTTs drawn with seeds 0-4:
+  ``petalgym.baselines.paper.authors_offline_instance``);
+* petalgym's clustered testbed (clustered-9, client in cluster 0, 1 or 2) for a few |R|;
 * random small instances (L 4..10, 2..6 servers, 1..2 clients, 1..6 requests; seeded).
 
 ratio = CG-BPRR / MILP (>= 1 up to float rounding when the MILP is proven optimal); "within bound" checks
 CG-BPRR <= Theorem 2's bound. Needs the MILP baseline (petalgym.baselines.milp) and HiGHS.
 
     python benchmarks/cg_quality.py [--requests 1 3 10] [--random 20] [--time-limit 60] [--seed 0]
+                                    [--authors-seeds 5]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rich.table import Table
 
 from petalgym.baselines.cg import cg_bprr
 from petalgym.baselines.milp import solve_milp
+from petalgym.baselines.paper import authors_offline_instance
 from petalgym.errors import SolverError
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import load_scenario
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--random", type=int, default=20, help="number of random instances")
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--authors-seeds", type=int, default=5, help="RTT draws of the authors' instance")
     args = ap.parse_args(argv)
     console = Console(width=140)
     cols = (
@@ -87,6 +92,22 @@ def main(argv: list[str] | None = None) -> None:
         "CG s",
         "MILP s",
     )
+
+    table = Table(title="CG-BPRR vs MILP on the authors' offline 9 x 3 instance (per-token s)")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for seed in range(args.authors_seeds):
+        inst = authors_offline_instance(seed)
+        r = _row(inst, args.time_limit)
+        if r is None:
+            table.add_row(f"RTT seed {seed}", "3", "infeasible", *[""] * 7)
+            continue
+        cg, opt, status, bound, t_cg, t_milp = r
+        table.add_row(
+            f"RTT seed {seed}", "3", f"{cg:.4f}", f"{opt:.4f}", status, f"{cg / opt:.4f}",
+            f"{bound:.4f}", str(cg <= bound * (1 + 1e-9)), f"{t_cg:.4f}", f"{t_milp:.2f}",
+        )  # fmt: skip
+    console.print(table)
 
     table = Table(title="CG-BPRR vs MILP on clustered-9 (per-token s)")
     for col in cols:

@@ -1,8 +1,11 @@
 """BPRR MILP: time to proven optimality and gap vs instance size (servers x requests), CBC and HiGHS.
 
-Instances come from the shipped scenarios (BLOOM-176B, l_in = 20, l_out = 128): the paper's clustered
-testbed (clustered-9: 2 A100 + 7 MIG slices, client 100 ms away from both clusters), and scattered
-swarms on the AboveNet / BellCanada topologies with a chosen mix of A100s and MIG slices. For each
+Instances: the paper's own offline 9 x 3 case, i.e. the authors' test_general_case.m (7 local MIG slices,
+2 remote A100s, l_out = 100, RTTs drawn within the script's ranges for seeds 0-2:
+``petalgym.baselines.paper.authors_offline_instance``), and instances from the shipped scenarios
+(BLOOM-176B, l_in = 20, l_out = 128): petalgym's clustered testbed (clustered-9: 2 A100 + 7 MIG slices,
+client 100 ms away from both clusters), and scattered swarms on the AboveNet / BellCanada topologies
+with a chosen mix of A100s and MIG slices. For each
 instance: the LP relaxation's root gap, then each solver's status, objective, average per-token time,
 best bound, gap, B&B nodes, wall time (model build + warm start + solve) and the final solve's CPU
 time (HiGHS: this process; CBC: as CBC reports it), which is robust to a loaded machine. One thread.
@@ -20,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from petalgym.baselines.milp import lp_relaxation_bound, solve_milp
+from petalgym.baselines.paper import authors_offline_instance
 from petalgym.errors import SolverError
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import load_scenario
@@ -48,10 +52,26 @@ class Case:
         return OfflineInstance.from_scenario(load_scenario(self.scenario, overrides), self.requests)
 
 
-CASES = (
+@dataclass(frozen=True)
+class AuthorsCase:
+    """The authors' offline instance (test_general_case.m) with its RTTs drawn by ``seed``."""
+
+    label: str
+    seed: int
+    requests: int = 3
+    note: str = ""
+
+    def instance(self) -> OfflineInstance:
+        return authors_offline_instance(self.seed, self.requests)
+
+
+CASES: tuple[Case | AuthorsCase, ...] = (
+    AuthorsCase("9x3-authors-seed0", 0, note="the paper's offline case (Gurobi: 38.9 % gap after 200 s)"),
+    AuthorsCase("9x3-authors-seed1", 1),
+    AuthorsCase("9x3-authors-seed2", 2),
     Case("3x1-clustered", "clustered-9", 1, 2, 1),
     Case("5x2-abovenet", "abovenet", 1, 4, 2),
-    Case("9x3-clustered", "clustered-9", 2, 7, 3, "the paper's case (Gurobi: 38.9 % gap after 200 s)"),
+    Case("9x3-clustered", "clustered-9", 2, 7, 3, "petalgym's clustered-9 at |R| = 3 (not the paper's case)"),
     Case("9x5-clustered", "clustered-9", 2, 7, 5),
     Case("9x11-clustered", "clustered-9", 2, 7, 11, "CG-BP's design |R| for clustered-9"),
     Case("9x10-abovenet", "abovenet", 2, 7, 10),

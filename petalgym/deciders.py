@@ -23,10 +23,13 @@ from petalgym.swarm import Request, SwarmView
 class Route(NamedTuple):
     """A routing answer: the ``chain`` (hops from the request's ``route_from`` block to L) and what to do
     if some hop lacks cache now: ``wait=True`` waits for the earliest time the whole chain fits (the
-    simulator reserves it, exactly), ``wait=False`` backs off 1, 2, 4, ... s (capped) and asks again."""
+    simulator reserves it, exactly), ``wait=False`` backs off 1, 2, 4, ... s (capped) and asks again.
+    ``not_before`` (absolute s, with ``wait=True``): start no earlier than then (the authors' simulator
+    starts a request at its wait rounded up to the back-off schedule)."""
 
     chain: Chain
     wait: bool = True
+    not_before: float | None = None
 
 
 class Decider:
@@ -47,6 +50,10 @@ class Decider:
     #: Something the decider reports about its run (e.g. that it fell back to another |R|), shown under
     #: evaluation tables; empty if nothing.
     note: str = ""
+    #: Seconds each new request spends being allocated before its first token, holding its cache: the
+    #: authors' simulator adds 250 s per PETALS request and 60 s per request of the proposed method.
+    #: Every decider takes it as the keyword ``allocation_delay_s`` (default 0; see :func:`make_decider`).
+    allocation_delay_s: float = 0.0
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         """Start of an episode: remember the scenario; ``rng`` is this decider's own random stream."""
@@ -106,10 +113,25 @@ def _factory(name: str) -> Callable[..., Decider]:
 
 def make_decider(name: str, **kwargs: Any) -> Decider:
     """Build the decider registered as ``name`` with ``kwargs`` (an unknown keyword, or a missing required
-    one, raises DeciderError naming it and the accepted ones)."""
+    one, raises DeciderError naming it and the accepted ones). ``allocation_delay_s`` (s >= 0) is accepted
+    by every decider: it sets :attr:`Decider.allocation_delay_s`, unless the decider takes it itself."""
     factory = _factory(name)
+    own = "allocation_delay_s" in _parameters(factory)
+    delay = None if own else kwargs.pop("allocation_delay_s", None)
     _check_arguments(name, factory, kwargs)
-    return factory(**kwargs)
+    decider = factory(**kwargs)
+    if delay is not None:
+        decider.allocation_delay_s = check_allocation_delay(name, delay)
+    return decider
+
+
+def check_allocation_delay(name: str, value: Any) -> float:
+    """``value`` as an allocation delay in seconds (a finite number >= 0); DeciderError naming it if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise DeciderError(
+            f"decider {name!r}: allocation_delay_s must be a number of seconds >= 0, got {value!r}"
+        )
+    return float(value)
 
 
 def decider_arguments(name: str) -> dict[str, Any]:
@@ -138,7 +160,7 @@ def _check_arguments(name: str, factory: Callable[..., Decider], kwargs: dict[st
         return
     if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = _parameters(factory)
+    accepted = _parameters(factory) | {"allocation_delay_s": 0.0}
     for key in kwargs:
         if key not in accepted:
             known = ", ".join(accepted) or "none"

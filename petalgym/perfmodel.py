@@ -188,11 +188,14 @@ class TimeModel:
         tt = self._t_token[client]
         return sum(tt[h.server] + (h.end - h.start) * self._tau[h.server] for h in chain)
 
-    def segment_times(self, request: Request, hops: Sequence[Hop]) -> tuple[float, float, float]:
+    def segment_times(
+        self, request: Request, hops: Sequence[Hop], allocation_delay_s: float = 0.0
+    ) -> tuple[float, float, float]:
         """(first, token, duration) of ``request`` started now on its kept hops + ``hops``, in seconds.
 
         The one timing rule of a (re)started request; the simulator, the environments and the deciders
-        all use it. A fresh request: ``first`` = initial delay + prefill of l_in over the whole chain.
+        all use it. A fresh request: ``first`` = ``allocation_delay_s`` (the decider's, spent before its
+        first token while it holds its cache) + initial delay + prefill of l_in over the whole chain.
         A recovery (``request.kept`` hops kept upstream, ``hops`` from ``route_from`` to L): the
         interrupted token is redone -- its step through the kept hops, then a prefill of the replayed
         ``history_tokens`` on the new hops, whose last position IS that token's step (as in PETALS'
@@ -211,7 +214,7 @@ class TimeModel:
                 hops, client, request.history_tokens
             )
         else:
-            first = self.initial_delay + self.prefill_time(hops, client, request.l_in)
+            first = allocation_delay_s + self.initial_delay + self.prefill_time(hops, client, request.l_in)
         return first, token, first + (request.l_out - request.tokens_done - 1) * token
 
     def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:

@@ -1,67 +1,151 @@
-"""Reproduce the paper's experiments (paper-notes section 7) with petalgym's simulator.
+"""Reproduce the paper's experiments (paper-notes section 7) with petalgym's simulator, twice over.
 
-Runs PETALS and the proposed CG-BP + WS-RR (and optionally the ablations) on the clustered setting
-(client in cluster 0, 1 or 2) and the scattered settings (AboveNet, BellCanada, GTS-CE) for
-lambda in {0.1, 0.5} and l_out in {64, 128}, over seeds with common random numbers, and prints our
-per-token times beside the paper's. Every number of ours is computed here; the paper's figures below are
-its published measurements, quoted for comparison only.
+Per setting of the paper's grid (clustered with the client in cluster 0, 1 or 2; scattered on AboveNet,
+BellCanada and GTS-CE; BellCanada with 26 servers; lambda in {0.1, 0.5}, l_out in {64, 128}) this runs
 
-The paper's simulator adds a fixed per-request "allocation delay" that differs by method (250 s for
-PETALS, 60 s for the proposed method); petalgym simulates every method with the same mechanics and adds
-none, so our gaps are expected to be smaller than the paper's (see the README).
+* the **replay**: the authors' inputs (the ``*-authors`` scenarios, read from their scripts) and their
+  mechanisms (the ``petals-paper`` and ``cg-bp-ws-rr-paper`` deciders: fixed paths, back-off-rounded
+  waits, allocation delays that hold the cache), at the arrival rate the authors' script runs (the
+  clustered script hard-codes 1 request/s, the large BellCanada script 0.5/s with 50 requests);
+* petalgym's **defaults**: the shipped scenarios with ``petals`` (PETALS' own rules) and
+  ``cg-bp-ws-rr``;
+* for the clustered setting with the client in cluster 0, the replay on **the script's own arrival
+  draws** (MATLAB's ``rng(42, 'twister')`` stream, which numpy's legacy MT19937 reproduces exactly; the
+  PETALS join order still varies with the seed, MATLAB's ``randperm`` being unavailable).
+
+Every number of ours is computed here, with common random numbers over the seeds; the paper's figures
+below are its published measurements, quoted for comparison only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
+from petalgym.design import design_num_sessions
 from petalgym.evaluation import DeciderSpec, Evaluation, RunSpec, confidence_interval, format_pm, run_grid
 from petalgym.scenario import load_scenario
 
+PETALS = "petals"
 PROPOSED = "cg-bp-ws-rr"
+PETALS_REPLAY = "petals-paper"
+PROPOSED_REPLAY = "cg-bp-ws-rr-paper"
+REPLAY_DECIDERS = (PETALS_REPLAY, PROPOSED_REPLAY)
 ABLATIONS = ("petals-opt-order", "petals-opt-number", "petals-opt-rr")
 
 #: The paper's measured average per-token times (s): clustered setting, client in cluster 0, lambda=0.1.
 PAPER_PER_TOKEN: dict[tuple[str, float, int], dict[str, float]] = {
-    ("clustered, client 0", 0.1, 64): {"petals": 6.23, PROPOSED: 1.92},
-    ("clustered, client 0", 0.1, 128): {"petals": 4.76, PROPOSED: 1.43},
+    ("clustered, client 0", 0.1, 64): {PETALS: 6.23, PROPOSED: 1.92},
+    ("clustered, client 0", 0.1, 128): {PETALS: 4.76, PROPOSED: 1.43},
 }
-#: The per-request "allocation delay" (s) the authors' simulator adds per method (paper-notes section 7).
-PAPER_ALLOCATION_DELAY_S: dict[str, float] = {"petals": 250.0, PROPOSED: 60.0}
 #: The paper's reported range of reductions in average per-token time vs PETALS, per setting group.
 PAPER_REDUCTION: dict[str, tuple[float, float]] = {"clustered": (0.64, 0.77), "scattered": (0.63, 0.80)}
+
+#: MATLAB's ``rng(42, 'twister')`` seed of test_general_case_online.m, and the uniforms its clustered
+#: branch draws before the arrivals (the client's RTTs to 7 MIG slices and 2 A100s).
+SCRIPT_RNG_SEED = 42
+SCRIPT_DRAWS_BEFORE_ARRIVALS = 9
+#: The setting replayed on the script's own arrival draws.
+DRAWS_SETTING = "clustered, client 0"
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One row group of the paper's table: a scenario with overrides."""
+    """One row group of the paper's grid.
 
-    group: str  # "clustered" or "scattered"
+    Args:
+        group: "clustered" or "scattered" (the paper's reduction ranges are per group).
+        label: the row label.
+        scenario: petalgym's shipped scenario (the defaults), with ``overrides``.
+        authors_scenario: the scenario with the authors' inputs, with ``authors_overrides``.
+        script_rate: the arrival rate (requests/s) the authors' script hard-codes for this setting, which
+            the replay keeps whatever the row's lambda (None: the replay runs at the row's lambda).
+        authors_kwargs: keyword arguments of the ``-paper`` deciders (e.g. another allocation delay).
+    """
+
+    group: str
     label: str
     scenario: str
     overrides: dict[str, Any]
+    authors_scenario: str
+    authors_overrides: dict[str, Any] = field(default_factory=dict)
+    script_rate: float | None = None
+    authors_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+
+_NINE_SERVERS = [{"profile": "a100", "count": 2}, {"profile": "mig-1g", "count": 7}]
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("clustered", "clustered, client 0", "clustered-9", {"clients.0.location": 0}),
-    Setting("clustered", "clustered, client 1", "clustered-9", {"clients.0.location": 1}),
-    Setting("clustered", "clustered, client 2", "clustered-9", {"clients.0.location": 2}),
-    Setting("scattered", "AboveNet", "abovenet", {}),
-    Setting("scattered", "BellCanada", "bellcanada-26", {}),
-    Setting("scattered", "GTS-CE", "gtsce", {}),
-)
+    *(
+        Setting("clustered", f"clustered, client {c}", "clustered-9", {"clients.0.location": c},
+                "clustered-9-authors", {"clients.0.location": c}, script_rate=1.0)
+        for c in (0, 1, 2)
+    ),
+    Setting("scattered", "AboveNet", "abovenet", {}, "abovenet-authors"),
+    Setting("scattered", "BellCanada", "bellcanada-26", {"servers": _NINE_SERVERS}, "bellcanada-authors"),
+    Setting("scattered", "GTS-CE", "gtsce", {}, "gtsce-authors"),
+    Setting("scattered", "BellCanada, 26 servers", "bellcanada-26", {}, "bellcanada-26-authors",
+            script_rate=0.5, authors_kwargs={PETALS_REPLAY: {"allocation_delay_s": 350.0}}),
+)  # fmt: skip
 RATES = (0.1, 0.5)
 LENGTHS = (64, 128)
 
 
-def _setting_key(setting: Setting, rate: float, l_out: int) -> str:
-    return f"{setting.label} | lambda={rate:g} | l_out={l_out}"
+def script_arrival_times(
+    num_requests: int,
+    rate_per_s: float,
+    seed: int = SCRIPT_RNG_SEED,
+    skipped: int = SCRIPT_DRAWS_BEFORE_ARRIVALS,
+) -> np.ndarray:
+    """The arrival times (s) the authors' script draws: MATLAB's ``rng(seed, 'twister')``, ``skipped``
+    uniforms spent before, then exponential gaps ``-log(u) / rate`` (MATLAB's exprnd) with the first gap
+    set to 0. numpy's legacy ``RandomState`` is the same MT19937 with the same seeding and 53-bit uniforms,
+    so these are the script's numbers (its inter_arrivals.txt for the scattered branch, 28 draws skipped)."""
+    stream = np.random.RandomState(seed)
+    stream.random_sample(skipped)
+    gaps = -np.log(stream.random_sample(num_requests)) / rate_per_s
+    gaps[0] = 0.0
+    return np.cumsum(gaps)
+
+
+def script_draws_overrides(scenario: str, overrides: dict[str, Any], l_out: int) -> dict[str, Any]:
+    """``overrides`` plus an inline trace of the script's arrival draws at the scenario's rate."""
+    sc = load_scenario(scenario, overrides)
+    w = sc.workload
+    n = int(w.num_requests or 0)
+    times = script_arrival_times(n, w.arrival_rate)
+    l_in = int(w.l_in.mean)
+    trace = {"arrival_s": [float(t) for t in times], "l_in": [l_in] * n, "l_out": [l_out] * n}
+    return dict(overrides, **{"workload.trace": trace, "workload.num_requests": None})
+
+
+def _key(kind: str, setting: Setting, rate: float, l_out: int) -> str:
+    return f"{kind} | {setting.label} | lambda={rate:g} | l_out={l_out}"
+
+
+def replay_rate(setting: Setting, rate: float) -> float:
+    """The arrival rate (requests/s) the replay of ``setting`` runs at for the row's ``rate``."""
+    return rate if setting.script_rate is None else setting.script_rate
+
+
+@dataclass
+class PaperGrid:
+    """The runs of :func:`paper_grid`: petalgym's ``defaults`` (reductions vs ``petals``) and the
+    ``replay`` of the authors' simulator (reductions vs ``petals-paper``; settings ``replay | ...`` and
+    ``draws | ...``)."""
+
+    defaults: Evaluation
+    replay: Evaluation
+
+    def combined(self) -> Evaluation:
+        """Every run in one :class:`Evaluation` (one CSV)."""
+        return Evaluation(self.defaults.rows + self.replay.rows)
 
 
 def paper_grid(
@@ -71,127 +155,298 @@ def paper_grid(
     settings: Sequence[Setting] = SETTINGS,
     rates: Sequence[float] = RATES,
     lengths: Sequence[int] = LENGTHS,
+    draws: bool = True,
     workers: int = 1,
     backend: str = "local",
     address: str | None = None,
     progress: bool = True,
-) -> Evaluation:
-    """Run the paper's grid and return the :class:`Evaluation` (settings named ``label | lambda | l_out``)."""
-    deciders = [DeciderSpec("petals"), DeciderSpec(PROPOSED)] + [
-        DeciderSpec(a) for a in ABLATIONS if ablations
-    ]
-    specs = []
+) -> PaperGrid:
+    """Run the paper's grid (defaults, replay and, with ``draws``, the clustered client-0 replay on the
+    script's arrival draws) over ``seeds``."""
+    defaults = [DeciderSpec(PETALS), DeciderSpec(PROPOSED)] + [DeciderSpec(a) for a in ABLATIONS if ablations]
+    specs: list[RunSpec] = []
+    replayed: set[str] = set()
     for s in settings:
+        paper_deciders = [DeciderSpec(d, dict(s.authors_kwargs.get(d, {}))) for d in REPLAY_DECIDERS]
         for rate in rates:
             for l_out in lengths:
                 overrides = dict(s.overrides, **{"workload.arrival_rate": rate, "workload.l_out": l_out})
                 load_scenario(s.scenario, overrides)  # validate before running anything
-                specs += [
-                    RunSpec(s.scenario, d, seed, overrides, _setting_key(s, rate, l_out))
-                    for d in deciders
-                    for seed in seeds
-                ]
+                key = _key("defaults", s, rate, l_out)
+                specs += [RunSpec(s.scenario, d, seed, overrides, key) for d in defaults for seed in seeds]
+                authors = dict(s.authors_overrides, **{"workload.l_out": l_out})
+                if s.script_rate is None:
+                    authors["workload.arrival_rate"] = rate
+                runs = [("replay", authors, paper_deciders)]
+                if draws and s.label == DRAWS_SETTING:
+                    # the script's |R| rule uses its rate, not the drawn trace's mean rate
+                    sessions = design_num_sessions(load_scenario(s.authors_scenario, authors))
+                    fixed = [DeciderSpec(PETALS_REPLAY, dict(s.authors_kwargs.get(PETALS_REPLAY, {}))),
+                             DeciderSpec(PROPOSED_REPLAY, {**s.authors_kwargs.get(PROPOSED_REPLAY, {}),
+                                                           "num_sessions": sessions})]  # fmt: skip
+                    runs.append(("draws", script_draws_overrides(s.authors_scenario, authors, l_out), fixed))
+                for kind, over, deciders in runs:
+                    key = _key(kind, s, replay_rate(s, rate), l_out)
+                    if key in replayed:  # the script's rate: the same replay for every lambda
+                        continue
+                    replayed.add(key)
+                    load_scenario(s.authors_scenario, over)
+                    name = s.authors_scenario
+                    specs += [RunSpec(name, d, seed, over, key) for d in deciders for seed in seeds]
     rows = run_grid(
         specs, workers=workers, backend=backend, address=address, progress=progress, description="paper grid"
     )
-    return Evaluation(rows, reference="petals")
+    return PaperGrid(
+        Evaluation([r for r in rows if r["setting"].startswith("defaults |")], reference=PETALS),
+        Evaluation([r for r in rows if not r["setting"].startswith("defaults |")], reference=PETALS_REPLAY),
+    )
 
 
-def comparison_rows(ev: Evaluation, settings: Sequence[Setting] = SETTINGS) -> list[dict[str, Any]]:
-    """Our mean per-token times (with 95 % CIs) and reduction vs PETALS beside the paper's figures."""
-    aggs = {(a["setting"], a["decider"]): a for a in ev.aggregate()}
+def _parse_key(key: str) -> tuple[str, str, float, int]:
+    kind, label, rate_txt, l_txt = (p.strip() for p in key.split("|"))
+    return kind, label, float(rate_txt.split("=")[1]), int(l_txt.split("=")[1])
+
+
+def _pair(
+    aggs: dict[tuple[str, str], dict[str, Any]], key: str, petals: str, proposed: str
+) -> dict[str, Any]:
+    """Mean ± CI of PETALS' and the proposed method's per-token time and the reduction in one setting."""
+    a, b = aggs.get((key, petals)), aggs.get((key, proposed))
+    if a is None or b is None:
+        return {}
+    return {
+        "petals_s": a["per_token_s"],
+        "petals_ci95": a["per_token_s_ci95"],
+        "proposed_s": b["per_token_s"],
+        "proposed_ci95": b["per_token_s_ci95"],
+        "reduction": b.get("reduction", math.nan),
+        "reduction_ci95": b.get("reduction_ci95", math.nan),
+    }
+
+
+def comparison_rows(grid: PaperGrid, settings: Sequence[Setting] = SETTINGS) -> list[dict[str, Any]]:
+    """One row per setting x lambda x l_out of the grid: the replay's and the defaults' mean per-token
+    times (95 % CIs) and reductions vs PETALS."""
+    defaults = {(a["setting"], a["decider"]): a for a in grid.defaults.aggregate()}
+    replay = {(a["setting"], a["decider"]): a for a in grid.replay.aggregate()}
     out = []
     for s in settings:
-        for key in [k for k in ev.settings() if k.startswith(s.label + " |")]:
-            _, rate_txt, l_txt = (p.strip() for p in key.split("|"))
-            rate, l_out = float(rate_txt.split("=")[1]), int(l_txt.split("=")[1])
-            petals, ours = aggs.get((key, "petals")), aggs.get((key, PROPOSED))
-            if petals is None or ours is None:
+        for key in grid.defaults.settings():
+            _, label, rate, l_out = _parse_key(key)
+            if label != s.label:
                 continue
-            paper = PAPER_PER_TOKEN.get((s.label, rate, l_out), {})
-            paper_red = (1 - paper[PROPOSED] / paper["petals"]) if paper else None
+            ours = _pair(defaults, key, PETALS, PROPOSED)
+            rr = replay_rate(s, rate)
+            again = _pair(replay, _key("replay", s, rr, l_out), PETALS_REPLAY, PROPOSED_REPLAY)
             out.append(
                 {
                     "group": s.group,
                     "setting": s.label,
                     "lambda": rate,
                     "l_out": l_out,
-                    "petals_s": petals["per_token_s"],
-                    "petals_ci95": petals["per_token_s_ci95"],
-                    "proposed_s": ours["per_token_s"],
-                    "proposed_ci95": ours["per_token_s_ci95"],
-                    "reduction": ours.get("reduction", float("nan")),
-                    "reduction_ci95": ours.get("reduction_ci95", float("nan")),
-                    "ttft_reduction": 1 - ours["ttft_s"] / petals["ttft_s"]
-                    if petals["ttft_s"] > 0
-                    else float("nan"),
-                    # our per-token times with the authors' per-method allocation delays added to every
-                    # request's completion time (a constant shift of T, hence of T / l_out)
-                    "petals_with_delay_s": petals["per_token_s"] + PAPER_ALLOCATION_DELAY_S["petals"] / l_out,
-                    "proposed_with_delay_s": ours["per_token_s"] + PAPER_ALLOCATION_DELAY_S[PROPOSED] / l_out,
-                    "paper_petals_s": paper.get("petals"),
-                    "paper_proposed_s": paper.get(PROPOSED),
-                    "paper_reduction": paper_red,
-                    "paper_reduction_range": PAPER_REDUCTION[s.group],
+                    "replay_lambda": rr,
+                    "defaults": ours,
+                    "replay": again,
                 }
             )
     return out
 
 
-COMPARISON_COLUMNS = (
-    "setting",
-    "λ",
-    "l_out",
-    "PETALS",
-    "CG-BP + WS-RR",
-    "reduction",
-    "TTFT red.",
-    "with paper delays: PETALS / ours",
-    "paper PETALS",
-    "paper proposed",
-    "paper reduction",
+@dataclass(frozen=True)
+class PaperCell:
+    """One published number (or range) and ours beside it: ``(mean, ci95)`` pairs, or ``(low, high)`` for
+    a range; ``unit`` is "s" (per-token time) or "%" (reduction)."""
+
+    name: str
+    unit: str
+    paper: tuple[float, float]
+    replay: tuple[float, float] | None
+    draws: tuple[float, float] | None
+    defaults: tuple[float, float] | None
+    is_range: bool = False
+
+
+_CELL_FIELDS = (
+    ("petals_s", "petals_ci95", "PETALS per-token"),
+    ("proposed_s", "proposed_ci95", "CG-BP + WS-RR per-token"),
+    ("reduction", "reduction_ci95", "reduction"),
 )
 
 
-def _comparison_cells(r: dict[str, Any]) -> list[str]:
-    """One row of :func:`comparison_rows` as formatted cells (:data:`COMPARISON_COLUMNS`)."""
+def paper_cells(grid: PaperGrid, settings: Sequence[Setting] = SETTINGS) -> list[PaperCell]:
+    """Every number the paper publishes for this grid beside the replay, the replay on the script's draws
+    and the defaults: the per-token times and reductions of the clustered setting (client 0, lambda 0.1),
+    and the reduction ranges of the clustered and scattered groups (over our cells of that group)."""
+    rows = comparison_rows(grid, settings)
+    draws = {(a["setting"], a["decider"]): a for a in grid.replay.aggregate()}
+    by_label = {s.label: s for s in settings}
+    cells: list[PaperCell] = []
+    for (label, rate, l_out), paper in PAPER_PER_TOKEN.items():
+        row = next((r for r in rows if (r["setting"], r["lambda"], r["l_out"]) == (label, rate, l_out)), None)
+        if row is None or label not in by_label:
+            continue
+        drawn = _pair(draws, _key("draws", by_label[label], replay_rate(by_label[label], rate), l_out),
+                      PETALS_REPLAY, PROPOSED_REPLAY)  # fmt: skip
+        where = f"{label}, λ={rate:g}, l_out={l_out}"
+        published = {
+            "petals_s": paper[PETALS],
+            "proposed_s": paper[PROPOSED],
+            "reduction": 1.0 - paper[PROPOSED] / paper[PETALS],
+        }
+        for field_name, ci, text in _CELL_FIELDS:
 
-    lo, hi = r["paper_reduction_range"]
-    paper_red = (
-        f"{100 * r['paper_reduction']:.0f}%"
-        if r["paper_reduction"] is not None
-        else f"{100 * lo:.0f}-{100 * hi:.0f}% ({r['group']})"
+            def pick(d: dict[str, Any], f: str = field_name, c: str = ci) -> tuple[float, float] | None:
+                return (d[f], d[c]) if d else None
+
+            cells.append(
+                PaperCell(
+                    f"{where}: {text}",
+                    "%" if field_name == "reduction" else "s",
+                    (published[field_name], math.nan),
+                    pick(row["replay"]),
+                    pick(drawn),
+                    pick(row["defaults"]),
+                )
+            )
+    for group, (lo, hi) in PAPER_REDUCTION.items():
+        members = [r for r in rows if r["group"] == group]
+        if not members:
+            continue
+
+        def span(kind: str, members: list[dict[str, Any]] = members) -> tuple[float, float] | None:
+            values = [r[kind]["reduction"] for r in members if r[kind]]
+            return (min(values), max(values)) if values else None
+
+        cells.append(
+            PaperCell(
+                f"{group}: range of reductions ({len(members)} cells)",
+                "%",
+                (lo, hi),
+                span("replay"),
+                None,
+                span("defaults"),
+                is_range=True,
+            )
+        )
+    return cells
+
+
+def _value(cell: PaperCell, pair: tuple[float, float] | None) -> str:
+    if pair is None:
+        return "-"
+    if cell.is_range:
+        return f"{100 * pair[0]:.0f}-{100 * pair[1]:.0f}%"
+    if cell.unit == "%":
+        return format_pm(pair[0], pair[1], 1, 100, "%")
+    return format_pm(pair[0], pair[1], 2)
+
+
+def _difference(cell: PaperCell, pair: tuple[float, float] | None) -> str:
+    """Ours minus the paper's: seconds (and per cent of the paper's), points, or the range ends in points."""
+    if pair is None:
+        return "-"
+    if cell.is_range:
+        return f"{100 * (pair[0] - cell.paper[0]):+.0f} / {100 * (pair[1] - cell.paper[1]):+.0f} pts"
+    delta = pair[0] - cell.paper[0]
+    if cell.unit == "%":
+        return f"{100 * delta:+.1f} pts"
+    return f"{delta:+.2f} s ({100 * delta / cell.paper[0]:+.0f}%)"
+
+
+PAPER_CELL_COLUMNS = (
+    "paper cell",
+    "paper",
+    "replay",
+    "replay − paper",
+    "script's draws",
+    "draws − paper",
+    "petalgym defaults",
+    "defaults − paper",
+)
+
+
+def _paper_cell_cells(cell: PaperCell) -> list[str]:
+    paper = (
+        f"{100 * cell.paper[0]:.0f}-{100 * cell.paper[1]:.0f}%"
+        if cell.is_range
+        else (f"{100 * cell.paper[0]:.1f}%" if cell.unit == "%" else f"{cell.paper[0]:.2f}")
     )
     return [
-        r["setting"],
-        f"{r['lambda']:g}",
-        str(r["l_out"]),
-        format_pm(r["petals_s"], r["petals_ci95"], 2),
-        format_pm(r["proposed_s"], r["proposed_ci95"], 2),
-        format_pm(r["reduction"], r["reduction_ci95"], 2, 100, "%"),
-        format_pm(r["ttft_reduction"], None, 2, 100, "%"),
-        f"{r['petals_with_delay_s']:.2f} / {r['proposed_with_delay_s']:.2f}",
-        f"{r['paper_petals_s']:.2f}" if r["paper_petals_s"] else "-",
-        f"{r['paper_proposed_s']:.2f}" if r["paper_proposed_s"] else "-",
-        paper_red,
+        cell.name,
+        paper,
+        _value(cell, cell.replay),
+        _difference(cell, cell.replay),
+        _value(cell, cell.draws),
+        _difference(cell, cell.draws),
+        _value(cell, cell.defaults),
+        _difference(cell, cell.defaults),
     ]
+
+
+GRID_COLUMNS = (
+    "setting",
+    "λ",
+    "l_out",
+    "replay λ",
+    "replay PETALS",
+    "replay CG-BP + WS-RR",
+    "replay reduction",
+    "PETALS",
+    "CG-BP + WS-RR",
+    "reduction",
+)
+
+
+def _grid_cells(row: dict[str, Any]) -> list[str]:
+    cells = [row["setting"], f"{row['lambda']:g}", str(row["l_out"]), f"{row['replay_lambda']:g}"]
+    for kind in ("replay", "defaults"):
+        d = row[kind]
+        if not d:
+            cells += ["-"] * 3
+            continue
+        cells += [
+            format_pm(d["petals_s"], d["petals_ci95"], 2),
+            format_pm(d["proposed_s"], d["proposed_ci95"], 2),
+            format_pm(d["reduction"], d["reduction_ci95"], 1, 100, "%"),
+        ]
+    return cells
+
+
+def _rich(title: str, columns: Sequence[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def _markdown(columns: Sequence[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def paper_cell_table(cells: list[PaperCell], seeds: int) -> Table:
+    """A rich table of :func:`paper_cells`."""
+    title = f"The paper's numbers beside petalgym's (mean ± 95 % CI over {seeds} seeds)"
+    return _rich(title, PAPER_CELL_COLUMNS, [_paper_cell_cells(c) for c in cells])
+
+
+def paper_cell_markdown(cells: list[PaperCell]) -> str:
+    """:func:`paper_cells` as a GitHub markdown table (the cells of :func:`paper_cell_table`)."""
+    return _markdown(PAPER_CELL_COLUMNS, [_paper_cell_cells(c) for c in cells])
 
 
 def comparison_table(rows: list[dict[str, Any]], seeds: int) -> Table:
     """A rich table of :func:`comparison_rows`."""
-    table = Table(title=f"Average per-token time (s), ours (mean ± 95 % CI over {seeds} seeds) vs the paper")
-    for col in COMPARISON_COLUMNS:
-        table.add_column(col, justify="left" if col == "setting" else "right")
-    for r in rows:
-        table.add_row(*_comparison_cells(r))
-    return table
+    title = f"Per-token time (s), replay of the authors' simulator and petalgym's defaults ({seeds} seeds)"
+    return _rich(title, GRID_COLUMNS, [_grid_cells(r) for r in rows])
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     """:func:`comparison_rows` as a GitHub markdown table (the cells of :func:`comparison_table`)."""
-    lines = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|---|" + "---:|" * (len(COMPARISON_COLUMNS) - 1)]
-    lines += ["| " + " | ".join(_comparison_cells(r)) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return _markdown(GRID_COLUMNS, [_grid_cells(r) for r in rows])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,11 +98,15 @@ class ClientSpec:
 
 @dataclass(frozen=True, eq=False)
 class Network:
-    """Raw round-trip times ``rtt_s[client, server]`` in seconds, and how they were obtained."""
+    """Raw round-trip times ``rtt_s[client, server]`` in seconds, how they were obtained, and, where the
+    network defines them, the raw RTTs ``server_rtt_s[server, server]`` between servers (None otherwise;
+    petalgym's time model never uses them -- the client relays every hop -- but the authors' emulation of
+    PETALS' routing does)."""
 
     kind: str
     rtt_s: np.ndarray
     topology: str | None = None
+    server_rtt_s: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +130,7 @@ class Workload:
     l_out: Distribution
     max_wait_s: float | None
     trace: Trace | None = None
+    first_arrival: str = "drawn"  # Poisson arrivals: "drawn" (the first gap too) or "zero" (at t = 0)
 
     def mean_lengths(self) -> tuple[int, int]:
         """(l_in, l_out): the mean lengths rounded half up (of the trace, if the workload is a trace)."""
@@ -514,7 +519,10 @@ def _parse_servers(
         if pname not in profiles:
             known = ", ".join(sorted(profiles))
             known = known if len(known) <= 300 else f"{known[:280]}..."
-            raise ScenarioError(f"{sec.at('profile')}: unknown GPU profile {_show(pname)} (known: {known})")
+            raise ScenarioError(
+                f"{sec.at('profile')}: unknown GPU profile {_show(pname)} (known: {known}; "
+                "define others under gpu_profiles)"
+            )
         count = sec.num("count", 1, integer=True, minimum=1, maximum=100_000)
         name = sec.string("name", None)
         for k, loc in enumerate(_locations_from(sec, "location", count)):
@@ -545,6 +553,8 @@ _NETWORK_FIELDS = {
     "topology",
     "seed",
     "low_degree",
+    "client_nodes",
+    "server_rtt_ms",
 }
 
 
@@ -592,7 +602,15 @@ def _matrix_network(
         raise ScenarioError(
             f"{sec.at('rtt_ms')}: expected shape {n_c} clients x {n_s} servers, got {arr.shape}"
         )
-    return Network("matrix", arr / 1e3), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
+    servers = None
+    if sec.has("server_rtt_ms"):
+        servers = _rtt_matrix(sec, "server_rtt_ms", "a servers x servers matrix")
+        if servers.shape != (n_s, n_s):
+            raise ScenarioError(
+                f"{sec.at('server_rtt_ms')}: expected shape {n_s} x {n_s} servers, got {servers.shape}"
+            )
+        servers = servers / 1e3
+    return Network("matrix", arr / 1e3, None, servers), [v or 0 for v in s_loc], [v or 0 for v in c_loc]
 
 
 def _cluster_network(
@@ -609,7 +627,9 @@ def _cluster_network(
         intra = sec.num("intra_rtt_ms", maximum=1e7)
         inter = sec.num("inter_rtt_ms", maximum=1e7)
         same = np.asarray(clients)[:, None] == np.asarray(servers)[None, :]
-        return Network("clusters", np.where(same, intra, inter) / 1e3), servers, clients
+        among = np.asarray(servers)[:, None] == np.asarray(servers)[None, :]
+        rtt = np.where(same, intra, inter) / 1e3
+        return Network("clusters", rtt, None, np.where(among, intra, inter) / 1e3), servers, clients
     n_clusters = max(servers + clients) + 1
     mat = _rtt_matrix(sec, "cluster_rtt_ms", "a square matrix")
     if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] < n_clusters:
@@ -617,15 +637,17 @@ def _cluster_network(
             f"{sec.at('cluster_rtt_ms')}: expected a square matrix covering {n_clusters} clusters, "
             f"got shape {mat.shape}"
         )
-    return Network("clusters", mat[np.ix_(clients, servers)] / 1e3), servers, clients
+    rtt, among = mat[np.ix_(clients, servers)] / 1e3, mat[np.ix_(servers, servers)] / 1e3
+    return Network("clusters", rtt, None, among), servers, clients
 
 
 def _topology_network(
     sec: _Section, s_loc: list[int | None], c_loc: list[int | None], base_dir: Path | None
 ) -> tuple[Network, list[int], list[int]]:
     """kind: topology -- servers and clients on nodes of a Topology Zoo graph (given, or drawn with
-    ``seed``: servers on distinct nodes of the largest component, clients on low-degree nodes); raw RTT
-    = 2 x the shortest-path delay."""
+    ``seed``: servers on distinct nodes of the largest component, clients on low-degree nodes, or with
+    ``client_nodes: any`` on any node no server uses, as the authors' scripts draw them); raw RTT = 2 x
+    the shortest-path delay."""
     topo = _load_network_topology(sec, base_dir)
     rng = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1))
     n_nodes, n_s = topo.num_nodes, len(s_loc)
@@ -644,9 +666,14 @@ def _topology_network(
         )
     picks = list(rng.choice(free, size=need, replace=False)) if need else []
     s_nodes = [int(v) if v is not None else int(picks.pop(0)) for v in s_loc]
-    low = _low_degree_nodes(topo, component, set(s_nodes), sec.num("low_degree", 2, integer=True, minimum=1))
+    if sec.string("client_nodes", "low-degree", choices=("low-degree", "any")) == "any":
+        low = [v for v in component if v not in set(s_nodes)] or list(component)
+    else:
+        max_degree = sec.num("low_degree", 2, integer=True, minimum=1)
+        low = _low_degree_nodes(topo, component, set(s_nodes), max_degree)
     c_nodes = [int(v) if v is not None else int(rng.choice(low)) for v in c_loc]
-    return Network("topology", topo.rtt_matrix(c_nodes, s_nodes), topology=topo.name), s_nodes, c_nodes
+    rtt, among = topo.rtt_matrix(c_nodes, s_nodes), topo.rtt_matrix(s_nodes, s_nodes)
+    return Network("topology", rtt, topology=topo.name, server_rtt_s=among), s_nodes, c_nodes
 
 
 def _load_network_topology(sec: _Section, base_dir: Path | None) -> Any:
@@ -772,7 +799,18 @@ def _inline_trace(sec: _Section, n_clients: int) -> Trace:
 
 def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: int) -> Workload:
     sec = _Section(
-        value, where, {"arrival_rate", "num_requests", "horizon_s", "l_in", "l_out", "trace", "max_wait_s"}
+        value,
+        where,
+        {
+            "arrival_rate",
+            "num_requests",
+            "horizon_s",
+            "l_in",
+            "l_out",
+            "trace",
+            "max_wait_s",
+            "first_arrival",
+        },
     )
     trace = None
     if sec.has("trace"):
@@ -803,6 +841,7 @@ def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: in
         l_out=l_out,
         max_wait_s=sec.num("max_wait_s", None, strict=True),
         trace=trace,
+        first_arrival=sec.string("first_arrival", "drawn", choices=("drawn", "zero")),
     )
 
 

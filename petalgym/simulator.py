@@ -358,12 +358,17 @@ class Simulator:
         else:
             if w.num_requests is not None:
                 n = w.num_requests
-                times = np.cumsum(rng.exponential(1.0 / w.arrival_rate, size=n))
+                gaps = rng.exponential(1.0 / w.arrival_rate, size=n)
+                if w.first_arrival == "zero" and n:  # the first request at t = 0 (the authors' scripts)
+                    gaps[0] = 0.0
+                times = np.cumsum(gaps)
             else:
                 chunks = []
                 t_end = 0.0
                 while t_end <= w.horizon_s:
                     gaps = rng.exponential(1.0 / w.arrival_rate, size=4096)
+                    if w.first_arrival == "zero" and not chunks:
+                        gaps[0] = 0.0
                     c = t_end + np.cumsum(gaps)
                     chunks.append(c)
                     t_end = c[-1]
@@ -507,6 +512,7 @@ class Simulator:
         # scheduled yet (servers come online when the first PLACE decisions are applied below)
         self.rebalance_period_s = decider.rebalance_period_s
         self.retry_decider = decider
+        self.view.allocation_delay_s = decider.allocation_delay_s
         view = self.view
         name = decider.name
         clock = time.perf_counter
@@ -616,12 +622,20 @@ class Simulator:
         self._push(self.now + load, _JOIN_READY, j, s.version)
 
     # ROUTE -----------------------------------------------------------------------------------------
-    def _normalise_chain(self, req: Request, answer: Any, who: str) -> tuple[Chain, bool] | None:
+    def _normalise_chain(self, req: Request, answer: Any, who: str) -> tuple[Chain, bool, float] | None:
+        """(hops, wait, not before) of a route answer (a Route or a sequence of hops), validated."""
         if answer is None:
             return None
-        wait = True
+        wait, not_before = True, self.now
         if hasattr(answer, "chain") and hasattr(answer, "wait"):
             chain, wait = answer.chain, bool(answer.wait)
+            later = getattr(answer, "not_before", None)
+            if later is not None:
+                if isinstance(later, bool) or not isinstance(later, (int, float)) or not later == later:
+                    raise DeciderError(
+                        f"{who}: route for request {req.id}: not_before must be a time, got {later!r}"
+                    )
+                not_before = max(not_before, float(later))
         else:
             chain = answer
         if isinstance(chain, tuple) and chain and type(chain[0]) is Hop:
@@ -648,7 +662,7 @@ class Simulator:
                     f"{req.route_from}) at t={self.now:.3f}s: {err}; chain={[tuple(h) for h in hops]}"
                 )
             self._valid_chains[key] = True
-        return hops, wait
+        return hops, wait, not_before
 
     def _apply_route(self, req: Request, answer: Any, who: str) -> None:
         req.attempts += 1
@@ -657,7 +671,7 @@ class Simulator:
             self._hold_kept_until(req, math.inf)
             self._stall(req)
             return
-        hops, wait = norm
+        hops, wait, not_before = norm
         if not math.isnan(req.stalled_since):
             req.stalled_since = math.nan
         needs = hop_needs(hops, req.kv_bytes)
@@ -674,8 +688,10 @@ class Simulator:
         if busy and not wait:  # backs off: no need for its times or its earliest start
             self._apply_back_off(req)
             return
-        first, d, duration = self.time_model.segment_times(req, hops)
-        if busy or any(servers[j].reservations for j in needs):
+        first, d, duration = self.time_model.segment_times(req, hops, self.view.allocation_delay_s)
+        if not_before > now and wait:  # a start the decider fixed (and no earlier than the chain fits)
+            t_start = earliest_start(servers, needs, not_before, duration)
+        elif busy or any(servers[j].reservations for j in needs):
             t_start = earliest_start(servers, needs, now, duration)
         else:
             t_start = now
@@ -857,7 +873,7 @@ class Simulator:
                 return True  # it would fail
             if not s.reservations and s.used_bytes + b > s.cache_capacity:
                 return False  # it would back off again
-        _, _, duration = self.time_model.segment_times(req, hops)
+        _, _, duration = self.time_model.segment_times(req, hops, self.view.allocation_delay_s)
         return earliest_start(servers, needs, self.now, duration) <= self.now
 
     # ----------------------------------------------------------------------------------------------

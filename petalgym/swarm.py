@@ -424,6 +424,7 @@ class SwarmView:
         self.time_model = time_model
         self.servers = servers
         self.now = 0.0
+        self.allocation_delay_s = 0.0  # the deciding method's, added before each new request's first token
         self.placement_version = 0  # bumped whenever a span appears, moves or disappears
         self._spans_version = -1
         self._spans: list[tuple[int, int, int]] = []
@@ -472,6 +473,6 @@ class SwarmView:
         (earliest start, first, token, duration) in seconds -- the start by the admission rule (a
         reservation is never delayed; inf if a hop can never fit), the times by
         :meth:`~petalgym.perfmodel.TimeModel.segment_times`."""
-        first, token, duration = self.time_model.segment_times(request, hops)
+        first, token, duration = self.time_model.segment_times(request, hops, self.allocation_delay_s)
         start = earliest_start(self.servers, hop_needs(hops, request.kv_bytes), self.now, duration)
         return start, first, token, duration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from petalgym.cli import main, parse_overrides
@@ -84,19 +85,57 @@ def test_evaluate_writes_table_csv_json_png(tmp_path, capsys):
 
 
 def test_reproduce_small_grid_beside_the_paper():
+    """One paper cell group (clustered, client 0, lambda 0.1, l_out 128): the paper's numbers, the
+    replay (-paper deciders on clustered-9-authors at the script's 1 request/s), the replay on the
+    script's own arrival draws and petalgym's defaults, with the differences."""
     from petalgym import reproduce as rp
 
     setting = rp.SETTINGS[0]
-    ev = rp.paper_grid([0], settings=[setting], rates=[0.1], lengths=[128], progress=False)
-    (row,) = rp.comparison_rows(ev, [setting])
-    assert row["paper_petals_s"] == 4.76 and row["paper_proposed_s"] == 1.43
-    assert 0 < row["proposed_s"] < row["petals_s"]
-    assert row["reduction"] == pytest.approx(1 - row["proposed_s"] / row["petals_s"])
-    assert row["petals_with_delay_s"] == pytest.approx(row["petals_s"] + 250 / 128)
-    assert rp.comparison_table([row], 1).row_count == 1
-    header, rule, line = rp.comparison_markdown([row]).splitlines()
-    assert header.count("|") == rule.count("|") == line.count("|") == len(rp.COMPARISON_COLUMNS) + 1
-    assert line.startswith(f"| {setting.label} | 0.1 | 128 |") and "| 4.76 | 1.43 |" in line
+    grid = rp.paper_grid([0, 1], settings=[setting], rates=[0.1], lengths=[128], progress=False)
+    assert {r["decider"] for r in grid.replay.rows} == {"petals-paper", "cg-bp-ws-rr-paper"}
+    assert {r["scenario"] for r in grid.replay.rows} == {"clustered-9-authors"}
+    assert {r["setting"].split(" |")[0] for r in grid.replay.rows} == {"replay", "draws"}
+    assert all("lambda=1 " in r["setting"] for r in grid.replay.rows)  # the script's hard-coded rate
+    (row,) = rp.comparison_rows(grid, [setting])
+    assert row["replay_lambda"] == 1.0 and row["lambda"] == 0.1
+    for kind in ("replay", "defaults"):
+        d = row[kind]
+        assert 0 < d["proposed_s"] < d["petals_s"]
+    # the replay carries the authors' allocation delays (250 s / 60 s over 128 tokens at least)
+    assert row["replay"]["petals_s"] > 250 / 128 and row["replay"]["proposed_s"] > 60 / 128
+    assert row["defaults"]["petals_s"] < 250 / 128
+    cells = rp.paper_cells(grid, [setting])
+    by_name = {c.name.split(": ")[-1]: c for c in cells}
+    petals = by_name["PETALS per-token"]
+    assert petals.paper[0] == 4.76 and petals.replay[0] == pytest.approx(row["replay"]["petals_s"])
+    assert by_name["CG-BP + WS-RR per-token"].paper[0] == 1.43
+    assert by_name["reduction"].paper[0] == pytest.approx(1 - 1.43 / 4.76)
+    assert petals.draws is not None and petals.defaults[0] == pytest.approx(row["defaults"]["petals_s"])
+    (span,) = [c for c in cells if c.is_range]
+    assert span.paper == (0.64, 0.77) and span.draws is None
+    lines = rp.paper_cell_markdown(cells).splitlines()
+    assert lines[0].count("|") == len(rp.PAPER_CELL_COLUMNS) + 1
+    delta = petals.replay[0] - 4.76
+    line = next(x for x in lines if "PETALS per-token" in x)
+    assert "| 4.76 |" in line and f"{delta:+.2f} s" in line
+    assert "paper delays" not in rp.comparison_markdown([row])
+    header, rule, body = rp.comparison_markdown([row]).splitlines()
+    assert header.count("|") == rule.count("|") == body.count("|") == len(rp.GRID_COLUMNS) + 1
+    assert body.startswith(f"| {setting.label} | 0.1 | 128 | 1 |")
+
+
+def test_the_script_arrival_draws_are_matlab_s():
+    """numpy's legacy MT19937 reproduces MATLAB's rng(42, 'twister') + exprnd: the scattered branch of
+    test_general_case_online.m spends 28 uniforms before its arrivals, and its inter_arrivals.txt
+    (TingyangSunJeff/LLM_inference_simulator 3f78053) begins 0, 30693.6992850885, 4983.29276202322 ms."""
+    from petalgym.reproduce import script_arrival_times
+
+    times = script_arrival_times(4, 0.1, skipped=28)
+    gaps_ms = np.diff(times, prepend=0.0) * 1e3
+    assert gaps_ms[0] == 0.0
+    assert gaps_ms[1] == pytest.approx(30693.6992850885, rel=1e-12)
+    assert gaps_ms[2] == pytest.approx(4983.29276202322, rel=1e-12)
+    assert gaps_ms[3] == pytest.approx(17688.7850436503, rel=1e-12)
 
 
 def test_solve_offline_methods(capsys):
@@ -107,7 +146,9 @@ def test_solve_offline_methods(capsys):
     instance = OfflineInstance.from_scenario(load_scenario("clustered-9"), 3)
     expected = cg_bprr(instance).mean_per_token(instance)
     assert main(["solve", "--method", "cg-bprr", "--requests", "3"]) == 0
-    assert f"{expected:.6g}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{expected:.6g}" in out
+    assert "decode only (s per token)" in out and "Theorem 2 bound on the average per-token time" in out
     assert main(["solve", "--method", "petals", "--requests", "3", "--seed", "1"]) == 0
     assert "heuristic" in capsys.readouterr().out
 
