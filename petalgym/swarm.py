@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from petalgym.perfmodel import Chain, Placement, TimeModel, chain_errors
-from petalgym.timeline import Timeline
+from petalgym.timeline import ReleaseTimeline, Timeline
 
 if TYPE_CHECKING:
     from petalgym.scenario import Scenario, ServerSpec
@@ -84,7 +84,7 @@ class ServerState:
         self.sessions: dict[int, tuple[int, float]] = {}  # request id -> (bytes held, planned end)
         self.reservations: dict[int, tuple[float, float, int]] = {}  # request id -> (start, end, bytes)
         self._planned: Timeline | None = None  # None: not kept now (built from the records when asked)
-        self._releases: Timeline | None = None
+        self._releases: ReleaseTimeline | None = None
         self._releases_at: dict[tuple[int, int], float] = {}  # wait_for's answers, while nothing changes
         self.version = 0  # bumped whenever the server goes offline or changes placement
         self.placements = 0  # how many placements it has received
@@ -100,10 +100,10 @@ class ServerState:
         return Placement(self.start, self.end - self.start, self.cache_capacity)
 
     # cache bookkeeping ----------------------------------------------------------------------------
-    def timelines(self) -> tuple[Timeline, Timeline]:
+    def timelines(self) -> tuple[Timeline, ReleaseTimeline]:
         """(planned, releases), built from the records if they are not kept now."""
         if self._planned is None:
-            planned, releases = Timeline(), Timeline()
+            planned, releases = Timeline(), ReleaseTimeline()
             for nbytes, end in self.sessions.values():
                 planned.add(end, -nbytes)
                 releases.add(end, nbytes)
@@ -227,7 +227,7 @@ class ServerState:
         key = (nbytes, self.cache_capacity)
         t = self._releases_at.get(key)
         if t is None:
-            found = self.timelines()[1].first_above(-math.inf, nbytes - free - 1)
+            found = self.timelines()[1].first_above(nbytes - free - 1)
             t = self._releases_at[key] = math.inf if found is None else found
         return max(t - now, 0.0)
 

@@ -13,6 +13,9 @@ chunks combines them, so a search skips whole chunks whose running sums cannot c
 summaries are recomputed lazily, when a question follows a change; a chunk that empties stays in place
 (it sums to nothing) until empty chunks are half of all, so that sessions ending in time order do not
 rebuild the tree each time a chunk runs dry.
+
+:class:`ReleaseTimeline` is the special case of non-negative amounts (the bytes a server releases at
+each time): its prefix sum never decreases, so a Fenwick tree of chunk sums answers its only question.
 """
 
 from __future__ import annotations
@@ -24,35 +27,26 @@ from operator import add
 _INF = float("inf")
 
 
-class Timeline:
-    """Net integer amounts at distinct times (seconds), with prefix sums and first-crossing searches.
-
-    ``add(t, x)`` adds ``x`` at time ``t`` (amounts at equal times merge; a time whose net amount becomes
-    0 is dropped). ``prefix(t)`` is the sum of the amounts at times <= t. ``first_above(after, limit)``
-    and ``first_at_most(after, limit)`` return the first stored time after ``after`` at which the prefix
-    sum is > ``limit`` (resp. <= ``limit``), or None.
-    """
+class _Chunks:
+    """Net integer amounts at distinct sorted times, in chunks of at most ``2 * LOAD`` entries; subclasses
+    keep per-chunk summaries (:meth:`_summary_lists`) and recompute them for the chunks in ``_dirty``
+    (all of them, with the layout, after ``_reshaped``)."""
 
     LOAD = 32
 
-    __slots__ = ("_cmax", "_cmin", "_csum", "_dirty", "_empty", "_heads", "_keys", "_run", "_size",
-                 "_tmax", "_tmin", "_tree_ok", "_tsum", "_vals")  # fmt: skip
+    __slots__ = ("_dirty", "_empty", "_heads", "_keys", "_reshaped", "_vals")
 
     def __init__(self) -> None:
         self._keys: list[list[float]] = []
         self._vals: list[list[int]] = []
         self._heads: list[float] = []  # first time of each chunk (an empty chunk keeps its last one)
-        self._run: list[list[int]] = []  # running sums inside each chunk (valid unless dirty)
-        self._csum: list[int] = []
-        self._cmax: list[float] = []
-        self._cmin: list[float] = []
         self._dirty: set[int] = set()
         self._empty = 0  # chunks without entries
-        self._tree_ok = False
-        self._size = 1
-        self._tsum: list[float] = [0, 0]
-        self._tmax: list[float] = [-_INF, -_INF]
-        self._tmin: list[float] = [_INF, _INF]
+        self._reshaped = True  # chunks were added or removed since the last summary
+
+    def _summary_lists(self) -> tuple[list, ...]:
+        """The per-chunk summary lists (one entry per chunk), kept aligned with the chunks."""
+        raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------
     # Changes
@@ -66,10 +60,10 @@ class Timeline:
             self._keys.append([t])
             self._vals.append([amount])
             heads.append(t)
-            for lst in (self._run, self._csum, self._cmax, self._cmin):
+            for lst in self._summary_lists():
                 lst.append(0)
             self._dirty.add(0)
-            self._tree_ok = False
+            self._reshaped = True
             return
         c = bisect_right(heads, t) - 1
         if c < 0:
@@ -109,22 +103,71 @@ class Timeline:
         self._keys[c : c + 1] = [keys[:half], keys[half:]]
         self._vals[c : c + 1] = [vals[:half], vals[half:]]
         self._heads[c : c + 1] = [keys[0], keys[half]]
-        for lst in (self._run, self._csum, self._cmax, self._cmin):
+        for lst in self._summary_lists():
             lst[c : c + 1] = [0, 0]
         self._dirty = {d if d < c else d + 1 for d in self._dirty if d != c} | {c, c + 1}
-        self._tree_ok = False
+        self._reshaped = True
 
     def _compact(self) -> None:
-        """Drop the empty chunks (and rebuild the tree at the next question)."""
+        """Drop the empty chunks (every summary is recomputed at the next question)."""
         keep = [c for c, keys in enumerate(self._keys) if keys]
         self._keys = [self._keys[c] for c in keep]
         self._vals = [self._vals[c] for c in keep]
         self._heads = [self._heads[c] for c in keep]
         n = len(keep)
-        self._run, self._csum, self._cmax, self._cmin = [0] * n, [0] * n, [0] * n, [0] * n
+        for lst in self._summary_lists():
+            lst[:] = [0] * n
         self._dirty = set(range(n))
         self._empty = 0
-        self._tree_ok = False
+        self._reshaped = True
+
+    # ----------------------------------------------------------------------------------------------
+    # Contents
+    # ----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(len(k) for k in self._keys)
+
+    def __bool__(self) -> bool:
+        return len(self._heads) > self._empty
+
+    def items(self) -> list[tuple[float, int]]:
+        """All (time, net amount) pairs in time order."""
+        return [
+            (t, v)
+            for keys, vals in zip(self._keys, self._vals, strict=True)
+            for t, v in zip(keys, vals, strict=True)
+        ]
+
+    @property
+    def total(self) -> int:
+        """Sum of all amounts."""
+        return sum(sum(v) for v in self._vals)
+
+
+class Timeline(_Chunks):
+    """Net integer amounts at distinct times (seconds), with prefix sums and first-crossing searches.
+
+    ``add(t, x)`` adds ``x`` at time ``t`` (amounts at equal times merge; a time whose net amount becomes
+    0 is dropped). ``prefix(t)`` is the sum of the amounts at times <= t. ``first_above(after, limit)``
+    and ``first_at_most(after, limit)`` return the first stored time after ``after`` at which the prefix
+    sum is > ``limit`` (resp. <= ``limit``), or None.
+    """
+
+    __slots__ = ("_cmax", "_cmin", "_csum", "_run", "_size", "_tmax", "_tmin", "_tsum")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._run: list[list[int]] = []  # running sums inside each chunk (valid unless dirty)
+        self._csum: list[int] = []
+        self._cmax: list[float] = []
+        self._cmin: list[float] = []
+        self._size = 1
+        self._tsum: list[float] = [0, 0]
+        self._tmax: list[float] = [-_INF, -_INF]
+        self._tmin: list[float] = [_INF, _INF]
+
+    def _summary_lists(self) -> tuple[list, ...]:
+        return self._run, self._csum, self._cmax, self._cmin
 
     # ----------------------------------------------------------------------------------------------
     # Summaries
@@ -132,7 +175,7 @@ class Timeline:
     def _flush(self) -> None:
         """Recompute the summaries of changed chunks and the tree above them."""
         dirty = self._dirty
-        if not dirty and self._tree_ok:
+        if not dirty and not self._reshaped:
             return
         run, csum, cmax, cmin, vals = self._run, self._csum, self._cmax, self._cmin, self._vals
         for c in dirty:
@@ -143,7 +186,7 @@ class Timeline:
                 cmin[c] = min(running)
             else:
                 run[c], csum[c], cmax[c], cmin[c] = [], 0, -_INF, _INF
-        if not self._tree_ok:
+        if self._reshaped:
             self._rebuild()
         else:
             size, tsum, tmax, tmin = self._size, self._tsum, self._tmax, self._tmin
@@ -187,7 +230,7 @@ class Timeline:
             tmax += maxs
             tmin += mins
         self._size, self._tsum, self._tmax, self._tmin = size, tsum, tmax, tmin
-        self._tree_ok = True
+        self._reshaped = False
 
     def _chunks_before(self, c: int) -> int:
         """Sum of the amounts of chunks 0..c-1 (summaries flushed)."""
@@ -208,25 +251,6 @@ class Timeline:
     # ----------------------------------------------------------------------------------------------
     # Questions
     # ----------------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return sum(len(k) for k in self._keys)
-
-    def __bool__(self) -> bool:
-        return len(self._heads) > self._empty
-
-    def items(self) -> list[tuple[float, int]]:
-        """All (time, net amount) pairs in time order."""
-        return [
-            (t, v)
-            for keys, vals in zip(self._keys, self._vals, strict=True)
-            for t, v in zip(keys, vals, strict=True)
-        ]
-
-    @property
-    def total(self) -> int:
-        """Sum of all amounts."""
-        return sum(sum(v) for v in self._vals)
-
     def prefix(self, t: float) -> int:
         """Sum of the amounts at times <= ``t``."""
         heads = self._heads
@@ -322,6 +346,73 @@ class Timeline:
                 return node - size, acc
             acc += tsum[node]
         return -1, acc
+
+
+class ReleaseTimeline(_Chunks):
+    """Non-negative net amounts at distinct times (e.g. the bytes a server releases then), so the prefix
+    sum never decreases; ``first_above(limit)`` is the first stored time at which it exceeds ``limit``.
+
+    The chunk sums sit in a Fenwick tree: a question after changes re-sums the changed chunks and updates
+    the tree (O(log n) each), then walks it down to the chunk where the sum passes ``limit`` and bisects
+    that chunk's running sums. Callers keep every net amount >= 0 (they remove only what they added at
+    the same time)."""
+
+    __slots__ = ("_csum", "_fenwick")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._csum: list[int] = []
+        self._fenwick: list[int] = [0]  # 1-based Fenwick tree over the chunk sums
+
+    def _summary_lists(self) -> tuple[list, ...]:
+        return (self._csum,)
+
+    def _update(self) -> None:
+        csum, vals, tree = self._csum, self._vals, self._fenwick
+        if self._reshaped:
+            for c in range(len(csum)):
+                csum[c] = sum(vals[c])
+            n = len(csum)
+            tree = self._fenwick = [0, *csum]
+            for i in range(1, n + 1):
+                parent = i + (i & -i)
+                if parent <= n:
+                    tree[parent] += tree[i]
+            self._reshaped = False
+        else:
+            n = len(csum)
+            for c in self._dirty:
+                new = sum(vals[c])
+                delta = new - csum[c]
+                if delta:
+                    csum[c] = new
+                    i = c + 1
+                    while i <= n:
+                        tree[i] += delta
+                        i += i & -i
+        self._dirty.clear()
+
+    def first_above(self, limit: float) -> float | None:
+        """The first time whose prefix sum is > ``limit``, or None."""
+        if not self._heads:
+            return None
+        if self._dirty or self._reshaped:
+            self._update()
+        keys = self._keys
+        if limit < 0:  # the first stored time (every prefix sum is >= 0)
+            return next((k[0] for k in keys if k), None)
+        tree = self._fenwick
+        n = len(tree) - 1
+        pos, rest = 0, limit  # chunks < pos sum to limit - rest <= limit
+        step = 1 << (n.bit_length() - 1)
+        while step:
+            nxt = pos + step
+            if nxt <= n and tree[nxt] <= rest:
+                pos, rest = nxt, rest - tree[nxt]
+            step >>= 1
+        if pos >= n:
+            return None
+        return keys[pos][bisect_right(list(accumulate(self._vals[pos])), rest)]
 
 
 def _first_crossing(running: list[int], limit: float, above: bool) -> int:

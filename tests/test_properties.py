@@ -17,6 +17,7 @@ from petalgym.perfmodel import chain_errors, shortest_chain
 from petalgym.scenario import Scenario, scenario_from_dict
 from petalgym.simulator import Simulator
 from petalgym.swarm import Request, RequestStatus, ServerState, ServerStatus, SwarmView, earliest_start
+from petalgym.timeline import ReleaseTimeline, Timeline
 
 FINAL = (RequestStatus.COMPLETED, RequestStatus.FAILED)
 seeds = st.integers(0, 2**32 - 1)
@@ -271,3 +272,92 @@ def test_skipping_happens_under_overload():
     full.run(make_decider("petals"))
     assert outcomes(fast) == outcomes(full)
     assert fast.skipped_retries > 1000 and fast.events < full.events / 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache timelines against their definitions
+# --------------------------------------------------------------------------------------------------
+@st.composite
+def timeline_ops(draw: st.DrawFn, nonnegative: bool):
+    """A sequence of (time, amount) additions on a 0.5 s grid; with ``nonnegative``, every removal takes
+    back part of what an earlier addition put at the same time (net amounts stay >= 0)."""
+    ops: list[tuple[float, int]] = []
+    net: dict[float, int] = {}
+    for _ in range(draw(st.integers(0, 120))):
+        if nonnegative and net and draw(st.booleans()):
+            t = draw(st.sampled_from(sorted(net)))
+            x = -draw(st.integers(1, net[t]))
+        else:
+            t = draw(halves)
+            x = draw(st.integers(1, 6) if nonnegative else st.integers(-6, 6))
+        ops.append((t, x))
+        net[t] = net.get(t, 0) + x
+        if net[t] == 0:
+            del net[t]
+    return ops
+
+
+def _net(ops: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    net: dict[float, int] = {}
+    for t, x in ops:
+        net[t] = net.get(t, 0) + x
+    return sorted((t, x) for t, x in net.items() if x)
+
+
+@settings(max_examples=200)
+@given(
+    ops=timeline_ops(nonnegative=False),
+    after=halves,
+    limit=st.integers(-8, 12),
+    load=st.sampled_from([1, 2, 32]),
+)
+def test_timeline_answers_as_its_definition(ops, after, limit, load):
+    """prefix / first_above / first_at_most / next_crossing equal a scan of the net amounts, with
+    questions between the changes (lazy summaries) and tiny chunks (splits, empty chunks, compaction)."""
+    Timeline.LOAD = load
+    try:
+        tl = Timeline()
+        for k, (t, x) in enumerate(ops):
+            tl.add(t, x)
+            if k % 7 == 0:
+                tl.prefix(after)
+        items = _net(ops)
+        assert tl.items() == items
+        running, acc = [], 0
+        for t, x in items:
+            acc += x
+            running.append((t, acc))
+        assert tl.prefix(after) == sum(x for t, x in items if t <= after)
+        above = next((t for t, v in running if t > after and v > limit), None)
+        at_most = next((t for t, v in running if t > after and v <= limit), None)
+        assert tl.first_above(after, limit) == above
+        assert tl.first_at_most(after, limit) == at_most
+        assert tl.first_above(after, limit, strict=False) == next(
+            (t for t, v in running if t >= after and v > limit), None
+        )
+        over = tl.prefix(after) > limit
+        assert tl.next_crossing(after, limit) == (over, at_most if over else above)
+    finally:
+        Timeline.LOAD = 32
+
+
+@settings(max_examples=200)
+@given(ops=timeline_ops(nonnegative=True), limit=st.integers(-2, 40), load=st.sampled_from([1, 2, 32]))
+def test_release_timeline_answers_as_its_definition(ops, limit, load):
+    ReleaseTimeline.LOAD = load
+    try:
+        tl = ReleaseTimeline()
+        for k, (t, x) in enumerate(ops):
+            tl.add(t, x)
+            if k % 5 == 0:
+                tl.first_above(limit)
+        acc, expected = 0, None
+        for t, x in _net(ops):
+            acc += x
+            if acc > limit:
+                expected = t
+                break
+        assert tl.items() == _net(ops)
+        assert tl.first_above(limit) == expected
+    finally:
+        ReleaseTimeline.LOAD = 32
