@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--heavy", default="shortest,cg-bp-ws-rr", help="deciders also run at 3x the rate")
     parser.add_argument("--overload-sizes", default="1000,10000,100000", help="'' skips the overload table")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=140)
     console.print(load_table(args))
     if args.overload_sizes:
         console.print(overload_table([int(x) for x in args.overload_sizes.split(",")]))

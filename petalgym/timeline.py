@@ -369,15 +369,12 @@ class ReleaseTimeline(_Chunks):
 
     def _update(self) -> None:
         csum, vals, tree = self._csum, self._vals, self._fenwick
-        if self._reshaped:
-            for c in range(len(csum)):
+        if self._reshaped:  # the chunks that changed are dirty; the others' sums moved with them
+            for c in self._dirty:
                 csum[c] = sum(vals[c])
-            n = len(csum)
-            tree = self._fenwick = [0, *csum]
-            for i in range(1, n + 1):
-                parent = i + (i & -i)
-                if parent <= n:
-                    tree[parent] += tree[i]
+            # node i sums the chunks (i & (i - 1), i]: a difference of prefix sums
+            prefix = [0, *accumulate(csum)]
+            self._fenwick = [0] + [prefix[i] - prefix[i & (i - 1)] for i in range(1, len(prefix))]
             self._reshaped = False
         else:
             n = len(csum)
