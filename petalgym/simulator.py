@@ -678,12 +678,15 @@ class Simulator:
         now = self.now
         servers = self.servers
         busy = False  # some hop cannot start now, whatever the reservations
+        reserved = False  # some hop's server has reservations
         for j, b in needs.items():
             s = servers[j]
             if b > s.cache_capacity:
                 self._fail(req, "exceeds_capacity")
                 return
-            if not s.reservations and s.used_bytes + b > s.cache_capacity:
+            if s.reservations:
+                reserved = True
+            elif s.used_bytes + b > s.cache_capacity:
                 busy = True
         if busy and not wait:  # backs off: no need for its times or its earliest start
             self._apply_back_off(req)
@@ -691,12 +694,13 @@ class Simulator:
         first, d, duration = self.time_model.segment_times(req, hops, self.view.allocation_delay_s)
         if not_before > now and wait:  # a start the decider fixed (and no earlier than the chain fits)
             t_start = earliest_start(servers, needs, not_before, duration)
-        elif busy or any(servers[j].reservations for j in needs):
+        elif busy or reserved:
             t_start = earliest_start(servers, needs, now, duration)
         else:
             t_start = now
         if t_start <= now:
-            self._hold_kept_until(req, now + duration)
+            if req.kept:
+                self._hold_kept_until(req, now + duration)
             self._begin(req, hops, needs, now, first, d, duration)
             return
         if not wait or t_start == math.inf:  # inf: cache held for a time not known yet blocks a need
@@ -967,7 +971,7 @@ class Simulator:
         rid = req.id
         for h in req.chain or req.kept:
             s = servers[h.server]
-            if s.unreserve(rid) is not None:
+            if s.reservations and s.unreserve(rid) is not None:
                 self._changes += 1
             self._drop(rid, s)
 

@@ -140,7 +140,8 @@ class ServerState:
         """Request ``rid`` holds ``nbytes`` from now until (at least) ``end``."""
         self.sessions[rid] = (nbytes, end)
         self.used_bytes += nbytes
-        self._changed(None, end, nbytes, True)
+        if self._planned is not None or self._releases_at:
+            self._changed(None, end, nbytes, True)
 
     def set_end(self, rid: int, end: float) -> None:
         """Move the planned end of request ``rid``'s held bytes to ``end``."""
@@ -157,7 +158,8 @@ class ServerState:
             return None
         nbytes, end = held
         self.used_bytes -= nbytes
-        self._changed(None, end, -nbytes, False)
+        if self._planned is not None or self._releases_at:
+            self._changed(None, end, -nbytes, False)
         return nbytes
 
     def reserve(self, rid: int, start: float, end: float, nbytes: int) -> None:
