@@ -81,6 +81,59 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from petalgym import catalog
+    from petalgym.perfmodel import petals_cache_bytes_per_block
+    from petalgym.scenario import load_scenario
+
+    table = Table(
+        title=f"Model catalog ({args.quantization}): blocks, bytes, PETALS' cache budget and session limit"
+    )
+    cols = ("model", "blocks", "d_model", "heads / KV", "params/block", "active/block", "GB/block",
+            "KV B/token/block", "PETALS cache MB/block (tokens)", "max session")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in catalog.models().items():
+        sc = load_scenario("clustered-9", {"model": {"name": name, "quantization": args.quantization}})
+        spec = sc.model
+        budget = petals_cache_bytes_per_block(spec, sc.petals.attn_cache_tokens)
+        table.add_row(
+            name, str(m.num_blocks), f"{m.d_model:,}", f"{m.heads} / {m.kv_heads}",
+            f"{spec.params_per_block:,}", f"{spec.active_params_per_block:,}",
+            f"{spec.block_bytes / 1e9:.4f}", f"{spec.kv_bytes_per_block(1):,}",
+            f"{budget / 1e6:.1f} ({sc.petals.attn_cache_tokens:,})", f"{spec.max_session_tokens:,}",
+        )  # fmt: skip
+    Console(width=max(console.width, 150)).print(table)
+    console.print("Config sources: petalgym/data/catalog/models.yaml.")
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from petalgym.scenario import load_scenario
+
+    sc = load_scenario("clustered-9", {"model": {"name": args.model, "quantization": args.quantization}})
+    table = Table(title=f"GPU catalog: timing of one {args.model} block ({args.quantization})")
+    cols = ("gpu", "memory GB", "tau ms", f"prefill tau ms (l_in {args.l_in})", "max blocks", "timing")
+    for col in (*cols, "label"):
+        table.add_column(col, justify="left" if col in ("gpu", "timing", "label") else "right")
+    for name, p in sc.profiles.items():
+        table.add_row(
+            name,
+            f"{p.memory_bytes / 1e9:.2f}",
+            f"{p.tau_s * 1e3:.3f}",
+            f"{p.prefill_tau(args.l_in) * 1e3:.1f}",
+            "-" if p.max_blocks is None else str(p.max_blocks),
+            "estimate" if p.estimated else "measured (PETALS)",
+            p.label,
+        )
+    Console(width=max(console.width, 130)).print(table)
+    console.print(
+        "Estimates: tau = c0 + kappa x (weight bytes read per token) / bandwidth, prefill from bandwidth and "
+        "FP16 compute, calibrated on the measured A100 and MIG 1g anchors (petalgym.catalog.timing_rule)."
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # simulate
 # --------------------------------------------------------------------------------------------------
@@ -376,6 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scenarios", help="list the built-in scenarios")
     p.set_defaults(func=cmd_scenarios)
+
+    from petalgym import catalog
+
+    quantizations = tuple(catalog.QUANTIZATIONS)
+    p = sub.add_parser("models", help="list the model catalog: blocks, bytes per block, KV bytes per token")
+    p.add_argument("--quantization", choices=quantizations, default="nf4")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("gpus", help="list the GPU catalog: memory and (measured or estimated) block timing")
+    p.add_argument("--model", choices=tuple(catalog.models()), default="bloom-176b")
+    p.add_argument("--quantization", choices=quantizations, default="nf4")
+    p.add_argument("--l-in", type=_POSITIVE, default=20, help="prompt length for the prefill column")
+    p.set_defaults(func=cmd_gpus)
 
     p = sub.add_parser("simulate", help="simulate one episode with one decider and print a summary")
     p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")

@@ -86,8 +86,9 @@ def session_capacity(memory_bytes: float, num_blocks: int, block_bytes: float, s
 
 
 def petals_cache_bytes_per_block(model: ModelSpec, attn_cache_tokens: int) -> int:
-    """PETALS' cache budget per hosted block: 2 d_model attn_cache_tokens dtype_bytes / kv_groups."""
-    return model.kv_bytes_per_block(attn_cache_tokens)
+    """PETALS' cache budget per hosted block: 2 d_model attn_cache_tokens dtype_bytes / the KV groups
+    PETALS sizes it with (``model.petals_kv_groups``: Mixtral's PETALS config says 1)."""
+    return (2 * model.d_model * int(attn_cache_tokens) * model.dtype_bytes) // model.petals_kv_groups
 
 
 def petals_autograd_bytes(model: ModelSpec, autograd_gib: float = 2.0) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import importlib
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from petalgym import catalog
+from petalgym import catalog, datasets
 from petalgym.distributions import Distribution, _show, parse_distribution
 from petalgym.errors import InfeasibleScenarioError, ScenarioError
 from petalgym.topology import is_file, load_topology
+from petalgym.workload import RateProfile
 
 _MISSING = object()
 _BIG = 1e12  # upper bound on any plain number in a scenario: catches fuzzed or mistyped values
@@ -39,7 +41,13 @@ _MAX_REQUESTS = 100_000_000  # upper bound on the requests of an episode (given,
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """The LLM: ``num_blocks`` (L) transformer blocks of ``block_bytes`` (s_m) each."""
+    """The LLM: ``num_blocks`` (L) transformer blocks of ``block_bytes`` (s_m) each.
+
+    ``quantization`` (nf4, int8, fp16, or None for a model given in bytes), ``params_per_block`` and
+    ``active_params_per_block`` (the weights one token reads: Mixtral's two experts) feed the GPU timing
+    estimates; ``petals_kv_groups`` is the KV grouping PETALS sizes its cache budget with and
+    ``max_session_tokens`` the longest session a PETALS server accepts (None: no limit);
+    ``catalog`` names the catalog entry the model came from (None: a custom model)."""
 
     name: str
     num_blocks: int
@@ -47,6 +55,12 @@ class ModelSpec:
     d_model: int
     kv_groups: int
     dtype_bytes: int
+    quantization: str | None = None
+    params_per_block: int | None = None
+    active_params_per_block: int | None = None
+    petals_kv_groups: int = 1
+    max_session_tokens: int | None = None
+    catalog: str | None = None
 
     def kv_bytes_per_block(self, tokens: int) -> int:
         """KV-cache bytes of one block for one ``tokens``-token session: 2 d_model tokens dtype / groups."""
@@ -59,7 +73,9 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class GpuProfile:
-    """A GPU type: memory (bytes), per-block decode time tau (s/token), prefill time tauI(l_in) (s)."""
+    """A GPU type: memory (bytes), per-block decode time tau (s/token), prefill time tauI(l_in) (s).
+
+    ``estimated``: tau and prefill tau come from the catalog's timing rule, not from a measurement."""
 
     name: str
     memory_bytes: int
@@ -70,6 +86,8 @@ class GpuProfile:
     inference_rps: float
     forward_rps: float
     network_rps: float
+    estimated: bool = False
+    label: str = ""
 
     def prefill_tau(self, l_in: float) -> float:
         """tauI_j(l_in): prefill time of one block for a prompt of ``l_in`` tokens, in seconds."""
@@ -111,12 +129,13 @@ class Network:
 
 @dataclass(frozen=True, eq=False)
 class Trace:
-    """A recorded workload: arrival times (s), prompt and output lengths, and client of each request."""
+    """A recorded workload: arrival times (s), prompt and output lengths, and client of each request
+    (None: clients are drawn by their weights in each episode)."""
 
     arrival_s: np.ndarray
     l_in: np.ndarray
     l_out: np.ndarray
-    client: np.ndarray
+    client: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,12 @@ class Workload:
     max_wait_s: float | None
     trace: Trace | None = None
     first_arrival: str = "drawn"  # Poisson arrivals: "drawn" (the first gap too) or "zero" (at t = 0)
+    rate_profile: RateProfile | None = None  # time-varying Poisson rate: arrival_rate x factor(t)
+    trace_window_s: float | None = None  # each episode replays this long a stretch of the trace
+    trace_start_s: float = 0.0
+    trace_random_start: bool = False  # the stretch starts at a random point of the trace per episode
+    trace_note: str = ""  # what was changed in a named trace (provenance)
+    warmup_s: float = 0.0  # requests arriving before this are left out of the metrics
 
     def mean_lengths(self) -> tuple[int, int]:
         """(l_in, l_out): the mean lengths rounded half up (of the trace, if the workload is a trace)."""
@@ -382,6 +407,7 @@ _MODEL_FIELDS = {
     "name",
     "num_blocks",
     "params_per_block",
+    "active_params_per_block",
     "bits_per_param",
     "size_overhead",
     "block_bytes",
@@ -389,53 +415,75 @@ _MODEL_FIELDS = {
     "d_model",
     "kv_groups",
     "dtype_bytes",
+    "quantization",
+    "petals_kv_groups",
+    "max_session_tokens",
 }
 
 
 def _parse_model(value: Any, where: str) -> ModelSpec:
+    """``model``: a catalog name, ``{name: <catalog name>, quantization: int8}``, ``{base: <catalog
+    name>, ...overrides}`` or a custom model given field by field."""
+    known = ", ".join(catalog.models())
     if isinstance(value, str):
-        if value not in catalog.MODELS:
-            raise ScenarioError(
-                f"{where}: unknown model {_show(value)} (built-in: {', '.join(catalog.MODELS)})"
-            )
-        name, data = value, dict(catalog.MODELS[value])
+        value = {"base": value} if value in catalog.models() else value
+        if isinstance(value, str):
+            raise ScenarioError(f"{where}: unknown model {_show(value)} (built-in: {known})")
+    sec = _Section(value, where, _MODEL_FIELDS | {"base"})
+    base = sec.string("base", None)
+    if base is None and sec.has("name") and not sec.has("num_blocks") and sec.raw("name") in catalog.models():
+        base = sec.raw("name")
+    quant = sec.string("quantization", None, choices=tuple(catalog.QUANTIZATIONS))
+    if quant is not None and sec.has("bits_per_param"):
+        raise ScenarioError(f"{where}: give quantization or bits_per_param, not both")
+    data: dict[str, Any] = {}
+    if base is not None:
+        if base not in catalog.models():
+            raise ScenarioError(f"{sec.at('base')}: unknown model {_show(base)} (built-in: {known})")
+        data = catalog.model_fields(base, quant or "nf4")
+    elif quant is not None:
+        data = {"bits_per_param": catalog.QUANTIZATIONS[quant], "size_overhead": catalog.SIZE_OVERHEAD}
+    data.update({k: v for k, v in sec.data.items() if k not in ("base", "quantization")})
+    name = data.pop("name", base or "custom")
+    if not isinstance(name, str):
+        raise ScenarioError(f"{where}.name: expected a string, got {_show(name)}")
+    if quant is None:
+        quant = data.pop("quantization", None)
     else:
-        sec = _Section(value, where, _MODEL_FIELDS | {"base"})
-        base = sec.string("base", None)
-        data = {}
-        if base is not None:
-            if base not in catalog.MODELS:
-                raise ScenarioError(f"{sec.at('base')}: unknown model {_show(base)}")
-            data = dict(catalog.MODELS[base])
-        data.update({k: v for k, v in sec.data.items() if k != "base"})
-        name = data.pop("name", base or "custom")
-        if not isinstance(name, str):
-            raise ScenarioError(f"{where}.name: expected a string, got {_show(name)}")
-    sec = _Section(data, where, _MODEL_FIELDS - {"name"})
+        data.pop("quantization", None)
+    sec = _Section(data, where, _MODEL_FIELDS - {"name", "quantization"})
     num_blocks = sec.num("num_blocks", integer=True, minimum=1, maximum=100_000)
+    params = sec.num("params_per_block", None, integer=True, minimum=1)
     if sec.has("block_bytes"):
         block_bytes = sec.num("block_bytes", integer=True, minimum=1)
     elif sec.has("block_gb"):
         block_bytes = round(sec.num("block_gb", strict=True, maximum=1e6) * 1e9)
     else:
-        params = sec.num("params_per_block", strict=True)
         bits = sec.num("bits_per_param", strict=True, maximum=64)
         overhead = sec.num("size_overhead", 1.0, strict=True, maximum=100)
-        block_bytes = int(params * bits / 8.0 * overhead)
+        block_bytes = int(sec.num("params_per_block", strict=True) * bits / 8.0 * overhead)
     if block_bytes < 1:
         raise ScenarioError(f"{where}: block size must be at least 1 byte, got {block_bytes}")
+    kv_groups = sec.num("kv_groups", 1, integer=True, minimum=1, maximum=100_000)
     return ModelSpec(
         name=str(name),
         num_blocks=num_blocks,
         block_bytes=block_bytes,
         d_model=sec.num("d_model", integer=True, minimum=1, maximum=10_000_000),
-        kv_groups=sec.num("kv_groups", 1, integer=True, minimum=1, maximum=100_000),
+        kv_groups=kv_groups,
         dtype_bytes=sec.num("dtype_bytes", 2, integer=True, minimum=1, maximum=16),
+        quantization=quant,
+        params_per_block=params,
+        active_params_per_block=sec.num("active_params_per_block", params, integer=True, minimum=1),
+        petals_kv_groups=sec.num("petals_kv_groups", kv_groups, integer=True, minimum=1, maximum=100_000),
+        max_session_tokens=sec.num("max_session_tokens", None, integer=True, minimum=2, maximum=_MAX_TOKENS),
+        catalog=base,
     )
 
 
 _PROFILE_FIELDS = {
     "base",
+    "label",
     "memory_gb",
     "tau_ms",
     "prefill_tau_ms",
@@ -443,29 +491,86 @@ _PROFILE_FIELDS = {
     "inference_rps",
     "forward_rps",
     "network_rps",
+    "bandwidth_gbs",
+    "fp16_tflops",
 }
+_TIMING_FIELDS = ("tau_ms", "prefill_tau_ms", "inference_rps", "forward_rps", "network_rps")
 
 
-def _parse_profiles(value: Any, where: str) -> dict[str, GpuProfile]:
-    raw: dict[str, Any] = {k: dict(v) for k, v in catalog.GPU_PROFILES.items()}
+def _catalog_profile(name: str, model: ModelSpec) -> dict[str, Any] | None:
+    """Profile fields of catalog GPU ``name`` for ``model``: PETALS' measurement of this model and
+    quantisation, else the catalog rule's estimate (needs the model's parameters per block); a model given
+    in bytes only gets the GPU's first measurement (BLOOM-176B's), as an estimate; None if neither."""
+    gpu = catalog.gpus()[name]
+    out: dict[str, Any] = {
+        "memory_gb": gpu.memory_gb,
+        "max_blocks": None,
+        "label": gpu.label,
+        "bandwidth_gbs": gpu.bandwidth_gbs,
+        "fp16_tflops": gpu.fp16_tflops,
+    }
+    measured = gpu.measured.get(model.catalog or "")
+    if measured is not None and measured.quantization == model.quantization:
+        out.update(_measured_fields(measured), estimated=False)
+    elif model.params_per_block is not None:
+        out.update(_rule_timing(gpu, model))
+    elif gpu.measured:
+        out.update(_measured_fields(next(iter(gpu.measured.values()))), estimated=True)
+    else:
+        return None
+    return out
+
+
+def _measured_fields(m: catalog.Measured) -> dict[str, Any]:
+    return {
+        "tau_ms": m.tau_ms,
+        "prefill_tau_ms": dict(m.prefill_tau_ms),
+        "inference_rps": m.inference_rps,
+        "forward_rps": m.forward_rps,
+        "network_rps": m.network_rps,
+        "max_blocks": m.max_blocks,
+    }
+
+
+def _parse_profiles(value: Any, where: str, model: ModelSpec) -> dict[str, GpuProfile]:
+    """The catalog's GPUs for ``model`` (measured or estimated timing), then ``gpu_profiles``: new
+    profiles, or catalog ones changed field by field (``base``: start from another profile)."""
+    names = list(catalog.gpus())
+    raw: dict[str, dict[str, Any]] = {}
     sec = _Section(value, where)
     for name, spec in sec.data.items():
         psec = _Section(spec, f"{where}.{name}", _PROFILE_FIELDS)
         base = psec.string("base", None)
         if base is not None:
-            if base not in catalog.GPU_PROFILES:
+            if base not in catalog.gpus() and base not in raw:
                 raise ScenarioError(
-                    f"{psec.at('base')}: unknown GPU profile {_show(base)} "
-                    f"(built-in: {', '.join(catalog.GPU_PROFILES)})"
+                    f"{psec.at('base')}: unknown GPU profile {_show(base)} (built-in: {', '.join(names)})"
                 )
-            merged = dict(catalog.GPU_PROFILES[base])
+            merged = dict(raw[base]) if base in raw else (_catalog_profile(base, model) or {})
         else:
-            merged = dict(raw.get(name, {}))
-        merged.update({k: v for k, v in psec.data.items() if k != "base"})
+            merged = (_catalog_profile(name, model) or {}) if name in catalog.gpus() else {}
+        given = {k: v for k, v in psec.data.items() if k != "base"}
+        if any(k in given for k in ("bandwidth_gbs", "fp16_tflops")) and "tau_ms" not in given:
+            merged = {**merged, **_estimated(psec, model, merged)}
+        if "tau_ms" in given and "prefill_tau_ms" in given:
+            merged["estimated"] = False
+        merged.update(given)
         raw[name] = merged
     profiles = {}
+    for name in names:
+        if name not in raw:
+            spec = _catalog_profile(name, model)
+            if spec is not None:  # (None: a custom model in bytes cannot be timed on this GPU)
+                raw[name] = spec
     for name, spec in raw.items():
+        spec = dict(spec)
+        estimated = bool(spec.pop("estimated", False))
         psec = _Section(spec, f"{where}.{name}", _PROFILE_FIELDS - {"base"})
+        if not psec.has("tau_ms"):
+            raise ScenarioError(
+                f"{where}.{name}: needs tau_ms and prefill_tau_ms, or bandwidth_gbs and fp16_tflops to "
+                "estimate them (and a model with params_per_block)"
+            )
         pre = psec.section("prefill_tau_ms", {"per_token", "base"})
         profiles[name] = GpuProfile(
             name=name,
@@ -477,8 +582,33 @@ def _parse_profiles(value: Any, where: str) -> dict[str, GpuProfile]:
             inference_rps=psec.num("inference_rps", 300.0, strict=True),
             forward_rps=psec.num("forward_rps", 3000.0, strict=True),
             network_rps=psec.num("network_rps", 3000.0, strict=True),
+            estimated=estimated,
+            label=psec.string("label", ""),
         )
     return profiles
+
+
+def _rule_timing(gpu: catalog.GpuEntry, model: ModelSpec) -> dict[str, Any]:
+    """The catalog rule's timing of ``model`` (with its parameters per block) on ``gpu``."""
+    params = int(model.params_per_block or 0)
+    bits = 8.0 * model.block_bytes / params
+    if model.quantization is not None:
+        bits = catalog.QUANTIZATIONS[model.quantization]
+    active = model.active_params_per_block or params
+    return {**catalog.estimate_timing(gpu, params, active, bits, model.d_model), "estimated": True}
+
+
+def _estimated(psec: _Section, model: ModelSpec, merged: dict[str, Any]) -> dict[str, Any]:
+    """Timing estimated by the catalog rule for a profile given by its bandwidth and FP16 throughput."""
+    if model.params_per_block is None:
+        raise ScenarioError(
+            f"{psec.where}: estimating tau from bandwidth_gbs / fp16_tflops needs a model with "
+            "params_per_block (a catalog model, or one given by its parameters)"
+        )
+    bw = psec.num("bandwidth_gbs", merged.get("bandwidth_gbs", _MISSING), strict=True, maximum=1e7)
+    tflops = psec.num("fp16_tflops", merged.get("fp16_tflops", _MISSING), strict=True, maximum=1e7)
+    gpu = catalog.GpuEntry(name="custom", label="", memory_gb=0.0, bandwidth_gbs=bw, fp16_tflops=tflops)
+    return _rule_timing(gpu, model)
 
 
 def _locations_from(entry: _Section, key: str, count: int) -> list[int | None]:
@@ -531,17 +661,30 @@ def _parse_servers(
     return out
 
 
-def _parse_clients(value: Any, where: str) -> list[tuple[str, int | None, float]]:
+def _parse_clients(value: Any, where: str) -> tuple[list[tuple[str, int | None, float]], float | None]:
+    """(name, location, weight) per client, and the sum of their rates if they are given by rate."""
     if value is None:
         value = [{"name": "client"}]
     if not isinstance(value, list) or not value:
         raise ScenarioError(f"{where}: expected a non-empty list of clients, got {_show(value)}")
     out = []
+    rated = []
     for i, item in enumerate(value):
-        sec = _Section(item, f"{where}[{i}]", {"name", "location", "weight"})
+        sec = _Section(item, f"{where}[{i}]", {"name", "location", "weight", "rate"})
         (loc,) = _locations_from(sec, "location", 1)
-        out.append((sec.string("name", f"client-{i}"), loc, sec.num("weight", 1.0, strict=True)))
-    return out
+        if sec.has("rate") and sec.has("weight"):
+            raise ScenarioError(f"{where}[{i}]: give rate or weight, not both")
+        rated.append(sec.has("rate"))
+        share = (
+            sec.num("rate", strict=True, maximum=1e6)
+            if sec.has("rate")
+            else sec.num("weight", 1.0, strict=True)
+        )
+        out.append((sec.string("name", f"client-{i}"), loc, share))
+    if any(rated) and not all(rated):
+        i = rated.index(False)
+        raise ScenarioError(f"{where}[{i}].rate: give every client a rate (requests/s), or none")
+    return out, (sum(w for _, _, w in out) if rated and all(rated) else None)
 
 
 _NETWORK_FIELDS = {
@@ -797,7 +940,146 @@ def _inline_trace(sec: _Section, n_clients: int) -> Trace:
     )
 
 
-def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: int) -> Workload:
+_NAMED_TRACE_FIELDS = {
+    "name",
+    "start_s",
+    "duration_s",
+    "rate",
+    "time_scale",
+    "thin",
+    "lengths",
+    "max_tokens",
+    "seed",
+}
+
+
+def _named_trace(sec: _Section, model: ModelSpec) -> tuple[Trace, dict[str, Any], str]:
+    """A shipped trace (``workload.trace: {name: azure-conv-2023, ...}``), mapped onto the scenario:
+
+    * ``lengths``: ``cap`` (default: a prompt is cut so that prompt + output fit ``max_tokens``, the
+      model's longest PETALS session unless given; an output longer than that is cut too), ``drop``
+      (requests that do not fit are left out), ``keep``, or ``{scale: s}`` (both lengths x s, at least 1);
+    * time: ``rate`` (a target mean rate, requests/s: every inter-arrival time x trace rate / rate),
+      ``time_scale`` (that factor given directly) or ``thin`` (keep each request with probability p,
+      drawn with ``seed``), at most one of them;
+    * window: ``start_s`` (s into the trace, or ``random``: a random start per episode) and
+      ``duration_s`` (in the trace's own seconds, before time scaling).
+
+    Returns the mapped trace (clients drawn per episode), the window and a note of what was changed."""
+    name = sec.string("name", choices=tuple(datasets.AZURE_TRACES))
+    rec = datasets.azure_trace(name)
+    t, l_in, l_out = rec.arrival_s.copy(), rec.l_in.copy(), rec.l_out.copy()
+    notes = []
+    cap = sec.num("max_tokens", model.max_session_tokens, integer=True, minimum=2, maximum=_MAX_TOKENS)
+    mode = sec.raw("lengths", "cap")
+    if isinstance(mode, dict):
+        scale = _Section(mode, sec.at("lengths"), {"scale"}).num("scale", strict=True, maximum=1e3)
+        l_in = np.maximum(np.rint(l_in * scale), 1).astype(np.int64)
+        l_out = np.maximum(np.rint(l_out * scale), 1).astype(np.int64)
+        notes.append(f"lengths x {scale:g}")
+    elif mode not in ("cap", "drop", "keep"):
+        raise ScenarioError(
+            f"{sec.at('lengths')}: expected cap, drop, keep or {{scale: s}}, got {_show(mode)}"
+        )
+    elif cap is not None and mode == "cap":
+        over = int(np.sum(l_in + l_out > cap))
+        l_out = np.minimum(l_out, cap - 1)
+        l_in = np.maximum(np.minimum(l_in, cap - l_out), 1)
+        if over:
+            notes.append(f"{over} prompts capped to fit {cap} tokens")
+    elif cap is not None and mode == "drop":
+        keep = l_in + l_out <= cap
+        notes.append(f"{int(np.sum(~keep))} requests over {cap} tokens dropped")
+        t, l_in, l_out = t[keep], l_in[keep], l_out[keep]
+    given = [k for k in ("rate", "time_scale", "thin") if sec.has(k)]
+    if len(given) > 1:
+        raise ScenarioError(f"{sec.where}: give one of rate, time_scale and thin, not {' and '.join(given)}")
+    scale = 1.0
+    if sec.has("rate"):
+        scale = rec.rate / sec.num("rate", strict=True, maximum=1e6)
+    elif sec.has("time_scale"):
+        scale = sec.num("time_scale", strict=True, maximum=1e9)
+    elif sec.has("thin"):
+        p = sec.num("thin", strict=True, maximum=1.0)
+        keep = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1)).random(len(t)) < p
+        t, l_in, l_out = t[keep], l_in[keep], l_out[keep]
+        notes.append(f"thinned to {100 * p:g} %")
+    if scale != 1.0:
+        notes.append(f"inter-arrival times x {scale:.4g}")
+    if len(t) == 0:
+        raise ScenarioError(f"{sec.where}: no request of trace {name!r} is left after the mapping")
+    start = sec.raw("start_s", 0.0)
+    random_start = start == "random"
+    start_s = 0.0 if random_start else sec.num("start_s", 0.0, maximum=1e9)
+    duration = sec.num("duration_s", None, strict=True, maximum=1e9)
+    if random_start and duration is None:
+        raise ScenarioError(f"{sec.at('start_s')}: a random start needs duration_s")
+    if not random_start and start_s > float(t[-1]):
+        raise ScenarioError(
+            f"{sec.at('start_s')}: the trace ends at {float(t[-1]):.1f} s, got {_show(start)}"
+        )
+    if duration is None and start_s > 0:
+        duration = float(t[-1]) - start_s + 1.0
+    if duration is not None:
+        notes.append(
+            f"window of {duration:g} s" + (" at a random start" if random_start else f" from {start_s:g} s")
+        )
+    window = {
+        "trace_window_s": None if duration is None else duration * scale,
+        "trace_start_s": start_s * scale,
+        "trace_random_start": random_start,
+    }
+    note = f"{name} (Azure LLM inference 2023, CC-BY 4.0), " + ("; ".join(notes) if notes else "unchanged")
+    return Trace(t * scale, l_in, l_out, None), window, note
+
+
+def _parse_rate_profile(value: Any, where: str) -> RateProfile:
+    sec = _Section(value, where, {"kind", "times_s", "factors", "period_s", "amplitude", "phase_s"})
+    kind = sec.string("kind", choices=("piecewise", "diurnal"))
+    if kind == "diurnal":
+        amplitude = sec.num("amplitude", strict=False)
+        if amplitude >= 1.0:
+            raise ScenarioError(
+                f"{sec.at('amplitude')}: must be < 1 (the rate must stay positive), got {amplitude:g}"
+            )
+        return RateProfile(
+            "diurnal",
+            period_s=sec.num("period_s", 86400.0, strict=True),
+            amplitude=amplitude,
+            phase_s=sec.num("phase_s", 0.0, maximum=1e9),
+        )
+    times = [float(sec_num) for sec_num in _numbers(sec, "times_s", positive=False)]
+    factors = [float(x) for x in _numbers(sec, "factors", positive=True)]
+    if len(times) != len(factors):
+        raise ScenarioError(
+            f"{where}: times_s and factors need the same length, got {len(times)} and {len(factors)}"
+        )
+    if times[0] != 0.0 or any(b <= a for a, b in itertools.pairwise(times)):
+        raise ScenarioError(f"{sec.at('times_s')}: must start at 0 and increase, got {_show(times)}")
+    period = sec.num("period_s", None, strict=True)
+    if period is not None and period <= times[-1]:
+        raise ScenarioError(
+            f"{sec.at('period_s')}: must exceed the last time ({times[-1]:g} s), got {period:g}"
+        )
+    return RateProfile("piecewise", tuple(times), tuple(factors), period)
+
+
+def _numbers(sec: _Section, key: str, positive: bool) -> list[float]:
+    """A non-empty list of finite numbers (> 0 with ``positive``, else >= 0)."""
+    values = sec.items(key)
+    if not values:
+        raise ScenarioError(f"{sec.at(key)}: expected a non-empty list")
+    for i, v in enumerate(values):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (v <= 0 if positive else v < 0):
+            rel = "> 0" if positive else ">= 0"
+            raise ScenarioError(f"{sec.at(key)}[{i}]: expected a number {rel}, got {_show(v)}")
+    return values
+
+
+def _parse_workload(
+    value: Any, where: str, base_dir: Path | None, n_clients: int, model: ModelSpec, client_rate: float | None
+) -> Workload:
     sec = _Section(
         value,
         where,
@@ -810,20 +1092,43 @@ def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: in
             "trace",
             "max_wait_s",
             "first_arrival",
+            "rate_profile",
+            "warmup_s",
         },
     )
     trace = None
+    window: dict[str, Any] = {}
+    note = ""
     if sec.has("trace"):
-        if isinstance(sec.raw("trace"), dict):
+        raw = sec.raw("trace")
+        if isinstance(raw, dict) and "name" in raw:
+            trace, window, note = _named_trace(sec.section("trace", _NAMED_TRACE_FIELDS), model)
+        elif isinstance(raw, dict):
             trace = _inline_trace(sec.section("trace", {"arrival_s", "l_in", "l_out", "client"}), n_clients)
         else:
             trace = _read_trace(sec.string("trace"), sec.at("trace"), base_dir, n_clients)
-    rate = sec.num("arrival_rate", 0.0 if trace is not None else _MISSING, strict=trace is None, maximum=1e6)
+    if client_rate is not None and trace is None:
+        rate = sec.num("arrival_rate", client_rate, strict=True, maximum=1e6)
+        if not math.isclose(rate, client_rate, rel_tol=1e-9):
+            raise ScenarioError(
+                f"{sec.at('arrival_rate')}: the clients' rates sum to {client_rate:g}/s, got {rate:g} "
+                "(give one of them)"
+            )
+    else:
+        rate = sec.num(
+            "arrival_rate", 0.0 if trace is not None else _MISSING, strict=trace is None, maximum=1e6
+        )
     n_req = sec.num("num_requests", None, integer=True, minimum=1, maximum=_MAX_REQUESTS)
     horizon = sec.num("horizon_s", None, strict=True)
     if trace is None and n_req is None and horizon is None:
         raise ScenarioError(f"{where}: give num_requests or horizon_s (or a trace)")
-    if trace is None and n_req is None and rate * horizon > _MAX_REQUESTS:
+    profile = None
+    if sec.has("rate_profile"):
+        if trace is not None:
+            raise ScenarioError(f"{sec.at('rate_profile')}: a trace brings its own arrival times")
+        profile = _parse_rate_profile(sec.raw("rate_profile"), sec.at("rate_profile"))
+    peak = rate * (profile.peak if profile is not None else 1.0)
+    if trace is None and n_req is None and peak * horizon > _MAX_REQUESTS:
         raise ScenarioError(
             f"{where}: arrival_rate x horizon_s = {rate:g}/s x {horizon:g} s = {rate * horizon:.3g} expected "
             f"requests, more than {_MAX_REQUESTS:.0e} (lower them, or cap with num_requests)"
@@ -842,6 +1147,10 @@ def _parse_workload(value: Any, where: str, base_dir: Path | None, n_clients: in
         max_wait_s=sec.num("max_wait_s", None, strict=True),
         trace=trace,
         first_arrival=sec.string("first_arrival", "drawn", choices=("drawn", "zero")),
+        rate_profile=profile,
+        trace_note=note,
+        warmup_s=sec.num("warmup_s", 0.0, maximum=1e9),
+        **window,
     )
 
 
@@ -887,8 +1196,10 @@ def _parse_overheads(value: Any, where: str) -> Overheads:
     )
 
 
-def _parse_petals(value: Any, where: str) -> PetalsConstants:
-    d = PetalsConstants()
+def _parse_petals(value: Any, where: str, model: ModelSpec) -> PetalsConstants:
+    """``petals``: PETALS' constants; ``attn_cache_tokens`` defaults to PETALS' own default for the model
+    (4096 tokens per block without grouped-query attention, 16384 with it)."""
+    d = PetalsConstants(attn_cache_tokens=catalog.PETALS_CACHE_TOKENS[model.petals_kv_groups > 1])
     if isinstance(value, dict) and "backoff_cap_s" in value:
         raise ScenarioError(
             f"{where}.backoff_cap_s: the back-off cap is the simulator's, not PETALS': set "
@@ -952,9 +1263,9 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
     top = _Section(data, "", _TOP_FIELDS)
     name = top.string("name", Path(source).stem if source != "<dict>" else "custom")
     model = _parse_model(top.raw("model", "bloom-176b"), "model")
-    profiles = _parse_profiles(top.data.get("gpu_profiles"), "gpu_profiles")
+    profiles = _parse_profiles(top.data.get("gpu_profiles"), "gpu_profiles", model)
     server_rows = _parse_servers(top.raw("servers"), "servers", profiles)
-    client_rows = _parse_clients(top.data.get("clients"), "clients")
+    client_rows, client_rate = _parse_clients(top.data.get("clients"), "clients")
     network, s_loc, c_loc = _parse_network(
         top.data.get("network"), "network", server_rows, client_rows, base_dir
     )
@@ -966,7 +1277,9 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
         ClientSpec(id=i, name=cname, location=int(c_loc[i]), weight=w)
         for i, (cname, _, w) in enumerate(client_rows)
     )
-    workload = _parse_workload(top.data.get("workload"), "workload", base_dir, len(clients))
+    workload = _parse_workload(
+        top.data.get("workload"), "workload", base_dir, len(clients), model, client_rate
+    )
     scenario = Scenario(
         name=name,
         description=top.string("description", ""),
@@ -979,7 +1292,7 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
         workload=workload,
         churn=_parse_churn(top.data.get("churn"), "churn"),
         overheads=_parse_overheads(top.data.get("overheads"), "overheads"),
-        petals=_parse_petals(top.data.get("petals"), "petals"),
+        petals=_parse_petals(top.data.get("petals"), "petals", model),
         simulation=_parse_simulation(top.data.get("simulation"), "simulation"),
         raw=copy.deepcopy(data),
         base_dir=base_dir,

@@ -69,6 +69,7 @@ from petalgym.swarm import (
     hop_needs,
     max_usage,
 )
+from petalgym.workload import draw_arrivals
 
 if TYPE_CHECKING:
     from petalgym.deciders import Decider
@@ -341,48 +342,7 @@ class Simulator:
     # Workload
     # ----------------------------------------------------------------------------------------------
     def _draw_workload(self, rng: np.random.Generator) -> None:
-        w = self.scenario.workload
-        n_clients = self.scenario.num_clients
-        if w.trace is not None:
-            times, l_in, l_out, client = w.trace.arrival_s, w.trace.l_in, w.trace.l_out, w.trace.client
-            if w.horizon_s is not None:
-                keep = times <= w.horizon_s
-                times, l_in, l_out, client = times[keep], l_in[keep], l_out[keep], client[keep]
-            if w.num_requests is not None:
-                times, l_in, l_out, client = (
-                    times[: w.num_requests],
-                    l_in[: w.num_requests],
-                    l_out[: w.num_requests],
-                    client[: w.num_requests],
-                )
-        else:
-            if w.num_requests is not None:
-                n = w.num_requests
-                gaps = rng.exponential(1.0 / w.arrival_rate, size=n)
-                if w.first_arrival == "zero" and n:  # the first request at t = 0 (the authors' scripts)
-                    gaps[0] = 0.0
-                times = np.cumsum(gaps)
-            else:
-                chunks = []
-                t_end = 0.0
-                while t_end <= w.horizon_s:
-                    gaps = rng.exponential(1.0 / w.arrival_rate, size=4096)
-                    if w.first_arrival == "zero" and not chunks:
-                        gaps[0] = 0.0
-                    c = t_end + np.cumsum(gaps)
-                    chunks.append(c)
-                    t_end = c[-1]
-                times = np.concatenate(chunks)
-            if w.horizon_s is not None:
-                times = times[times <= w.horizon_s]
-            n = len(times)
-            l_in = w.l_in.sample(rng, n)
-            l_out = w.l_out.sample(rng, n)
-            if n_clients > 1:
-                weights = np.array([c.weight for c in self.scenario.clients])
-                client = rng.choice(n_clients, size=n, p=weights / weights.sum())
-            else:
-                client = np.zeros(n, dtype=np.int64)
+        times, l_in, l_out, client = draw_arrivals(self.scenario, rng)
         self._arr_t = [float(x) for x in times]
         self._arr_in = [int(x) for x in l_in]
         self._arr_out = [int(x) for x in l_out]

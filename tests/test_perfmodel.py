@@ -36,7 +36,7 @@ def bloom(clustered9):
 # The paper's numbers, from the shipped constants
 # --------------------------------------------------------------------------------------------------
 def test_bloom_constants_come_from_the_catalog(bloom):
-    spec = catalog.MODELS["bloom-176b"]
+    spec = catalog.model_fields("bloom-176b")
     assert bloom.num_blocks == 70
     assert bloom.d_model == 14336
     assert bloom.block_bytes == int(
