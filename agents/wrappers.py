@@ -184,7 +184,7 @@ class PetalMonitor(gym.Wrapper):
         }
         self._default = int(info.get("default_action", 0))
         if terminated or truncated:
-            summary = summarise(sim.requests)
+            summary = summarise(sim.requests, sim.scenario.workload.warmup_s)
             info["petal_episode"] = {k: float(summary[k]) for k in EPISODE_KEYS}
         return obs, reward, terminated, truncated, info
 

@@ -16,13 +16,14 @@ from rich.table import Table
 from petalgym.errors import PetalgymError
 
 console = Console()
+errors = Console(stderr=True)  # error lines go to standard error
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument prints one ``error:`` line (no usage block) and exits with status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        console.print(f"[red]error:[/red] {self.prog}: {message}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {self.prog}: {message}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -214,10 +215,31 @@ def agent_labels(paths: Sequence[str]) -> list[str]:
             raise PetalgymError(f"--agent {paths[labels.index(next(iter(clash)))]} is given twice")
 
 
+def _applicable_defaults(args: argparse.Namespace) -> list[str]:
+    """The default deciders that can run on the scenario: a shipped agent trained for other shapes (more
+    servers than it observes) is left out with a note, rather than failing the whole evaluation."""
+    from petalgym.deciders import make_decider
+    from petalgym.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    names = []
+    for name in DEFAULT_DECIDERS:
+        decider = make_decider(name)
+        check = getattr(decider, "check_scenario", None)
+        try:
+            if check is not None:
+                check(scenario)
+        except PetalgymError as exc:
+            console.print(f"note: {name} left out: {exc}", highlight=False, soft_wrap=True)
+            continue
+        names.append(name)
+    return names
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from petalgym.evaluation import DeciderSpec, evaluate
 
-    names = args.deciders.split(",") if args.deciders else list(DEFAULT_DECIDERS)
+    names = args.deciders.split(",") if args.deciders else _applicable_defaults(args)
     specs = [DeciderSpec.parse(n) for n in names if n.strip()]
     for path, label in zip(args.agent or [], agent_labels(args.agent or []), strict=True):
         if not Path(path).is_file():
@@ -549,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PetalgymError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

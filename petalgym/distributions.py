@@ -6,7 +6,12 @@ A YAML value is either a plain number (a constant) or a mapping ``{dist: <kind>,
     uniform      low, high                (integers: both ends included)
     exponential  mean
     lognormal    mean, sigma  [min, max]  (``mean`` is the mean of the distribution itself)
+    weibull      shape, scale [min, max]  (mean = scale * Gamma(1 + 1/shape); shape < 1 is heavy-tailed)
     choice       values, [probs]
+    trace        trace, field, [fit]      (lengths of a shipped trace, ``field`` l_in or l_out: ``fit``
+                                          ``empirical`` resamples the recorded values, ``lognormal`` draws
+                                          from the lognormal fitted to their logarithms, capped at the
+                                          recorded maximum)
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from petalgym.datasets import AZURE_TRACES, azure_trace
 from petalgym.errors import ScenarioError
 
-_KINDS = ("constant", "uniform", "exponential", "lognormal", "choice")
+_KINDS = ("constant", "uniform", "exponential", "lognormal", "weibull", "choice", "trace")
+_TRACE_FIELDS = ("l_in", "l_out")
+_TRACE_FITS = ("empirical", "lognormal")
 
 
 def _show(value: Any, limit: int = 80) -> str:
@@ -39,6 +47,8 @@ class Distribution:
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     integer: bool = False
+    #: The recorded values of a ``trace`` distribution (read from the shipped trace when parsed).
+    values: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def mean(self) -> float:
@@ -50,6 +60,13 @@ class Distribution:
             return (p["low"] + p["high"]) / 2.0
         if self.kind in ("exponential", "lognormal"):
             return float(p["mean"])
+        if self.kind == "weibull":
+            return float(p["scale"] * math.gamma(1.0 + 1.0 / p["shape"]))
+        if self.kind == "trace":
+            if p.get("fit", "empirical") == "lognormal":
+                mu, sigma = self._log_fit
+                return float(math.exp(mu + sigma * sigma / 2.0))
+            return float(self.values.mean())
         probs = p["probs"]
         return float(np.dot(p["values"], probs))
 
@@ -63,9 +80,17 @@ class Distribution:
             return float(p["high"])
         if self.kind == "choice":
             return float(max(p["values"]))
-        if self.kind == "lognormal" and p.get("max") is not None:
+        if self.kind in ("lognormal", "weibull") and p.get("max") is not None:
             return float(p["max"])
+        if self.kind == "trace":
+            return float(self.values.max())
         return math.inf
+
+    @property
+    def _log_fit(self) -> tuple[float, float]:
+        """(mu, sigma) of the lognormal fitted (maximum likelihood) to a trace's recorded values."""
+        logs = np.log(np.maximum(self.values, 1))
+        return float(logs.mean()), float(logs.std())
 
     def to_raw(self) -> dict[str, Any]:
         """The YAML mapping that parses back into this distribution."""
@@ -89,7 +114,16 @@ class Distribution:
             sigma = p["sigma"]
             mu = math.log(p["mean"]) - sigma * sigma / 2.0
             out = rng.lognormal(mu, sigma, size=n)
-            out = np.clip(out, p.get("min") or 0.0, p.get("max") or np.inf)
+            out = _clip(out, p)
+        elif self.kind == "weibull":
+            out = p["scale"] * rng.weibull(p["shape"], size=n)
+            out = _clip(out, p)
+        elif self.kind == "trace":
+            if p.get("fit", "empirical") == "lognormal":
+                mu, sigma = self._log_fit
+                out = np.minimum(rng.lognormal(mu, sigma, size=n), float(self.values.max()))
+            else:
+                out = rng.choice(self.values, size=n).astype(float)
         else:
             out = rng.choice(np.asarray(p["values"], dtype=float), size=n, p=p["probs"])
         if self.integer:
@@ -97,6 +131,12 @@ class Distribution:
         if size is None:
             return out[0].item()
         return out
+
+
+def _clip(out: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Samples clipped to the optional ``min`` / ``max`` (0 is a bound, not "none")."""
+    low, high = p.get("min"), p.get("max")
+    return np.clip(out, 0.0 if low is None else low, np.inf if high is None else high)
 
 
 def _number(value: Any, where: str, *, minimum: float = 0.0, strict: bool = False) -> float:
@@ -131,7 +171,9 @@ def parse_distribution(
         "uniform": {"low", "high"},
         "exponential": {"mean"},
         "lognormal": {"mean", "sigma", "min", "max"},
+        "weibull": {"shape", "scale", "min", "max"},
         "choice": {"values", "probs"},
+        "trace": {"trace", "field", "fit"},
     }[kind]
     unknown = set(value) - allowed - {"dist"}
     if unknown:
@@ -144,12 +186,16 @@ def parse_distribution(
         "uniform": {"low", "high"},
         "exponential": {"mean"},
         "lognormal": {"mean", "sigma"},
+        "weibull": {"shape", "scale"},
         "choice": {"values"},
+        "trace": {"trace", "field"},
     }[kind]
     missing = required - set(value)
     if missing:
         raise ScenarioError(f"{where}: dist {kind!r} needs field(s) {sorted(missing)}")
     params: dict[str, Any] = {}
+    if kind == "trace":
+        return _trace_distribution(value, where, integer)
     if kind == "choice":
         vals = value["values"]
         if not isinstance(vals, list) or not vals:
@@ -172,14 +218,14 @@ def parse_distribution(
         for key in allowed & set(value):
             if value[key] is None and key in ("min", "max"):
                 continue
-            strict = positive and key in ("value", "mean", "high")
+            strict = (positive and key in ("value", "mean", "high")) or key in ("shape", "scale")
             params[key] = _number(value[key], f"{where}.{key}", strict=strict)
         if kind == "uniform" and params["low"] > params["high"]:
             raise ScenarioError(f"{where}: low ({params['low']:g}) > high ({params['high']:g})")
         if kind == "uniform" and positive and integer and params["low"] < 1:
             raise ScenarioError(f"{where}.low: must be >= 1, got {params['low']:g}")
         if (
-            kind == "lognormal"
+            kind in ("lognormal", "weibull")
             and params.get("min") is not None
             and params.get("max") is not None
             and params["min"] > params["max"]
@@ -188,3 +234,20 @@ def parse_distribution(
         if kind == "constant" and integer and params["value"] != int(params["value"]):
             raise ScenarioError(f"{where}.value: expected an integer, got {_show(value['value'])}")
     return Distribution(kind, params, integer)
+
+
+def _trace_distribution(value: dict, where: str, integer: bool) -> Distribution:
+    """A ``trace`` distribution: the recorded ``field`` of a shipped trace (petalgym.datasets)."""
+    name = value["trace"]
+    if not isinstance(name, str) or name not in AZURE_TRACES:
+        raise ScenarioError(f"{where}.trace: unknown trace {_show(name)} (known: {', '.join(AZURE_TRACES)})")
+    column = value["field"]
+    if column not in _TRACE_FIELDS:
+        raise ScenarioError(f"{where}.field: expected one of {', '.join(_TRACE_FIELDS)}, got {_show(column)}")
+    fit = value.get("fit", "empirical")
+    if fit not in _TRACE_FITS:
+        raise ScenarioError(f"{where}.fit: expected one of {', '.join(_TRACE_FITS)}, got {_show(fit)}")
+    recorded = getattr(azure_trace(name), column)
+    values = np.maximum(np.asarray(recorded, dtype=float), 1.0)
+    values.flags.writeable = False
+    return Distribution("trace", {"trace": name, "field": column, "fit": fit}, integer, values)

@@ -40,8 +40,19 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def summarise(requests: Sequence[Request]) -> dict[str, float]:
-    """Aggregate metrics over ``requests``: counts, and means over completed requests."""
+def summarise(requests: Sequence[Request], warmup_s: float = 0.0) -> dict[str, float]:
+    """Aggregate metrics over ``requests``: counts, and means over completed requests.
+
+    Args:
+        requests: the episode's requests.
+        warmup_s: requests that arrive before this time (s) are left out of every metric (the swarm is
+            still filling up); their number is reported as ``warmup_excluded`` when there are any.
+    """
+    excluded = 0
+    if warmup_s > 0.0:
+        kept = [r for r in requests if r.arrival >= warmup_s]
+        excluded = len(requests) - len(kept)
+        requests = kept
     done = [r for r in requests if r.status == RequestStatus.COMPLETED]
     failed = [r for r in requests if r.status == RequestStatus.FAILED]
     per_token = [r.per_token for r in done]
@@ -59,6 +70,8 @@ def summarise(requests: Sequence[Request]) -> dict[str, float]:
         "waited_share": _mean([float(r.wait_s > 1e-9) for r in done]),
         "recoveries": float(sum(r.recoveries for r in requests)),
     }
+    if excluded:
+        out["warmup_excluded"] = float(excluded)
     for reason, n in sorted(Counter(r.failure_reason for r in failed).items()):
         out[f"failed_{reason}"] = float(n)
     return out

@@ -218,6 +218,35 @@ class TimeModel:
             first = allocation_delay_s + self.initial_delay + self.prefill_time(hops, client, request.l_in)
         return first, token, first + (request.l_out - request.tokens_done - 1) * token
 
+    def segment_steps(
+        self, request: Request, hops: Sequence[Hop], allocation_delay_s: float = 0.0
+    ) -> tuple[float, list[tuple[int, int, float, float, float, float]]]:
+        """The per-hop steps behind :meth:`segment_times`, for the contention engine (seconds).
+
+        Returns (delay before the first step, one row per hop of the kept hops + ``hops``): (server,
+        blocks, first-step overhead, first-step work per block, decode overhead, decode work per block).
+        The first step is a prefill (overhead tI_cj(n), work tauI_j(n) per block, n = l_in or the replayed
+        history) on new hops and a decode step (t_cj, tau_j) on kept hops. Summed with no queueing --
+        delay + sum(first overhead + blocks x first work) + (tokens left - 1) x sum(decode overhead +
+        blocks x decode work) -- this is the ``duration`` of :meth:`segment_times`."""
+        client = request.client
+        rtt, tt, tau = self._rtt[client], self._t_token[client], self._tau
+        if request.is_recovery:
+            delay, prompt = 0.0, request.history_tokens
+        else:
+            delay, prompt = allocation_delay_s + self.initial_delay, request.l_in
+        o = self._o
+        pre = o.prefill_per_token_s * prompt + o.prefill_overhead_s
+        steps = [
+            (h.server, h.end - h.start, tt[h.server], tau[h.server], tt[h.server], tau[h.server])
+            for h in request.kept
+        ]
+        for h in hops:
+            j = h.server
+            work = self._pslope[j] * prompt + self._pbase[j]
+            steps.append((j, h.end - h.start, rtt[j] + pre, work, tt[j], tau[j]))
+        return delay, steps
+
     def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:
         """T_c(p) = D0 + prefill + (l_out - 1) x per-token time, seconds."""
         return (

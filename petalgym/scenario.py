@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from petalgym import catalog, datasets
+from petalgym.contention import PREFILL_MODES, Contention
 from petalgym.distributions import Distribution, _show, parse_distribution
 from petalgym.errors import InfeasibleScenarioError, ScenarioError
 from petalgym.topology import is_file, load_topology
@@ -174,16 +175,31 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class Shocks:
+    """Correlated failures: per group of servers, shocks arrive as a Poisson process (``rate_per_day``);
+    at a shock each up server of the group fails at once with ``probability`` (realism.md section 5)."""
+
+    rate_per_day: float
+    probability: float
+    #: Server ids per group (a location, or a list of server names).
+    groups: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
 class Churn:
-    """Server churn: time online (lifetime) then offline (downtime), repeated; off unless ``enabled``."""
+    """Server churn: time online (lifetime) then offline (downtime), repeated; off unless ``enabled``.
+
+    ``lifetime_s`` None means no independent departures (only ``shocks`` take servers down)."""
 
     enabled: bool
-    lifetime_s: Distribution
+    lifetime_s: Distribution | None
     downtime_s: Distribution
     failure_fraction: float
     drain_timeout_s: float
     no_chain_timeout_s: float
     load_s_per_gb: float
+    shocks: Shocks | None = None
+    preset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +250,7 @@ class Scenario:
     overheads: Overheads = field(default_factory=Overheads)
     petals: PetalsConstants = field(default_factory=PetalsConstants)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    contention: Contention = field(default_factory=Contention)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     base_dir: Path | None = field(default=None, repr=False)  # resolves relative trace/topology paths
     _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -274,9 +291,12 @@ class Scenario:
             profiles[s.profile.name] = profiles.get(s.profile.name, 0) + 1
         mix = " + ".join(f"{n} {p}" for p, n in profiles.items())
         w = self.workload
-        load = "trace" if w.trace is not None else f"lambda={w.arrival_rate:g}/s"
+        load = (w.trace_note or "trace") if w.trace is not None else f"lambda={w.arrival_rate:g}/s"
+        if w.rate_profile is not None:
+            load += f" x {w.rate_profile.kind} profile"
         churn = ", churn" if self.churn.enabled else ""
-        return f"{self.num_servers} servers ({mix}), {self.num_clients} client(s), {load}{churn}"
+        fifo = ", fifo contention" if self.contention.enabled else ""
+        return f"{self.num_servers} servers ({mix}), {self.num_clients} client(s), {load}{churn}{fifo}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -712,14 +732,19 @@ def _parse_network(
     sec = _Section(value, where, _NETWORK_FIELDS)
     if not sec.data:
         raise ScenarioError(f"{where}: missing required section")
-    kind = sec.string("kind", choices=("matrix", "clusters", "topology"))
+    kind = sec.string("kind", choices=("matrix", "clusters", "topology", "ripe-atlas"))
     s_loc = [loc for _, _, loc in servers]
     c_loc = [loc for _, loc, _ in clients]
     if kind == "matrix":
         return _matrix_network(sec, s_loc, c_loc)
     if kind == "clusters":
         return _cluster_network(sec, s_loc, c_loc)
-    return _topology_network(sec, s_loc, c_loc, base_dir)
+    # (server entries may have a count: name the server itself, not an entry index)
+    labels = [f"servers ({name}).location" for name, _, _ in servers]
+    labels += [f"clients[{i}].location" for i in range(len(clients))]
+    if kind == "ripe-atlas":
+        return _ripe_network(sec, s_loc, c_loc, labels)
+    return _topology_network(sec, s_loc, c_loc, base_dir, labels)
 
 
 def _rtt_matrix(sec: _Section, key: str, what: str) -> np.ndarray:
@@ -785,7 +810,11 @@ def _cluster_network(
 
 
 def _topology_network(
-    sec: _Section, s_loc: list[int | None], c_loc: list[int | None], base_dir: Path | None
+    sec: _Section,
+    s_loc: list[int | None],
+    c_loc: list[int | None],
+    base_dir: Path | None,
+    labels: list[str],
 ) -> tuple[Network, list[int], list[int]]:
     """kind: topology -- servers and clients on nodes of a Topology Zoo graph (given, or drawn with
     ``seed``: servers on distinct nodes of the largest component, clients on low-degree nodes, or with
@@ -793,11 +822,10 @@ def _topology_network(
     the shortest-path delay."""
     topo = _load_network_topology(sec, base_dir)
     rng = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1))
-    n_nodes, n_s = topo.num_nodes, len(s_loc)
+    n_nodes = topo.num_nodes
     for i, v in enumerate(s_loc + c_loc):
         if v is not None and v >= n_nodes:
-            who = f"servers[{i}]" if i < n_s else f"clients[{i - n_s}]"
-            raise ScenarioError(f"{who}.location: node {v} is not in topology {topo.name} (0..{n_nodes - 1})")
+            raise ScenarioError(f"{labels[i]}: node {v} is not in topology {topo.name} (0..{n_nodes - 1})")
     component = topo.largest_component()
     taken = {v for v in s_loc if v is not None}
     free = [v for v in component if v not in taken]
@@ -817,6 +845,51 @@ def _topology_network(
     c_nodes = [int(v) if v is not None else int(rng.choice(low)) for v in c_loc]
     rtt, among = topo.rtt_matrix(c_nodes, s_nodes), topo.rtt_matrix(s_nodes, s_nodes)
     return Network("topology", rtt, topology=topo.name, server_rtt_s=among), s_nodes, c_nodes
+
+
+#: RTT between two RIPE Atlas destinations i and j (the successor paper's construction): this share of
+#: each end's median latency to the measuring anchor (ms) plus this many ms per km of great-circle distance.
+RIPE_MEDIAN_SHARE = 0.3
+RIPE_MS_PER_KM = 0.01
+
+
+def _ripe_network(
+    sec: _Section, s_loc: list[int | None], c_loc: list[int | None], labels: list[str]
+) -> tuple[Network, list[int], list[int]]:
+    """kind: ripe-atlas -- servers and clients on distinct destinations of the shipped European RIPE Atlas
+    measurements (given as ``location`` = destination index, or drawn with ``seed``); RTT(i, j) =
+    0.3 x median_i + 0.3 x median_j + 0.01 ms/km x great-circle distance (0 between a node and itself)."""
+    atlas = datasets.ripe_atlas()
+    n_nodes = len(atlas)
+    n_s = len(s_loc)
+    for i, v in enumerate(s_loc + c_loc):
+        if v is not None and v >= n_nodes:
+            raise ScenarioError(
+                f"{labels[i]}: destination {v} is not in the RIPE Atlas data (0..{n_nodes - 1})"
+            )
+    rng = np.random.default_rng(sec.num("seed", 0, integer=True, maximum=2**63 - 1))
+    taken = {v for v in s_loc + c_loc if v is not None}
+    free = np.asarray([v for v in range(n_nodes) if v not in taken])
+    need = sum(v is None for v in s_loc + c_loc)
+    if need > len(free):
+        raise ScenarioError(f"{sec.where}: cannot place {need} servers and clients on distinct destinations")
+    picks = [int(v) for v in rng.choice(free, size=need, replace=False)]
+    nodes = [int(v) if v is not None else picks.pop(0) for v in s_loc + c_loc]
+    s_nodes, c_nodes = nodes[:n_s], nodes[n_s:]
+
+    def rtt_s(a: list[int], b: list[int]) -> np.ndarray:
+        ia, ib = np.asarray(a), np.asarray(b)
+        km = datasets.great_circle_km(
+            atlas.latitude[ia][:, None],
+            atlas.longitude[ia][:, None],
+            atlas.latitude[ib][None, :],
+            atlas.longitude[ib][None, :],
+        )
+        ms = RIPE_MEDIAN_SHARE * (atlas.median_ms[ia][:, None] + atlas.median_ms[ib][None, :])
+        ms = ms + RIPE_MS_PER_KM * km
+        return np.where(ia[:, None] == ib[None, :], 0.0, ms) / 1e3
+
+    return Network("ripe-atlas", rtt_s(c_nodes, s_nodes), None, rtt_s(s_nodes, s_nodes)), s_nodes, c_nodes
 
 
 def _load_network_topology(sec: _Section, base_dir: Path | None) -> Any:
@@ -995,8 +1068,10 @@ def _named_trace(sec: _Section, model: ModelSpec) -> tuple[Trace, dict[str, Any]
     if len(given) > 1:
         raise ScenarioError(f"{sec.where}: give one of rate, time_scale and thin, not {' and '.join(given)}")
     scale = 1.0
-    if sec.has("rate"):
-        scale = rec.rate / sec.num("rate", strict=True, maximum=1e6)
+    if sec.has("rate"):  # the rate of the requests kept (after any drop), not of the whole trace
+        span = float(t[-1] - t[0]) if len(t) > 1 else 0.0
+        kept_rate = (len(t) - 1) / span if span > 0 else rec.rate
+        scale = kept_rate / sec.num("rate", strict=True, maximum=1e6)
     elif sec.has("time_scale"):
         scale = sec.num("time_scale", strict=True, maximum=1e9)
     elif sec.has("thin"):
@@ -1128,6 +1203,13 @@ def _parse_workload(
             raise ScenarioError(f"{sec.at('rate_profile')}: a trace brings its own arrival times")
         profile = _parse_rate_profile(sec.raw("rate_profile"), sec.at("rate_profile"))
     peak = rate * (profile.peak if profile is not None else 1.0)
+    if profile is not None and horizon is None:  # thinning draws n x peak / long-run factor candidates
+        long_run = profile.mean_factor(None)
+        if n_req * profile.peak / long_run > _MAX_REQUESTS:
+            raise ScenarioError(
+                f"{sec.at('rate_profile')}: {n_req} requests at a long-run factor of {long_run:g} (peak "
+                f"{profile.peak:g}) need over {_MAX_REQUESTS:.0e} candidate draws; give horizon_s"
+            )
     if trace is None and n_req is None and peak * horizon > _MAX_REQUESTS:
         raise ScenarioError(
             f"{where}: arrival_rate x horizon_s = {rate:g}/s x {horizon:g} s = {rate * horizon:.3g} expected "
@@ -1154,25 +1236,82 @@ def _parse_workload(
     )
 
 
-def _parse_churn(value: Any, where: str) -> Churn:
-    sec = _Section(
-        value,
-        where,
-        {
-            "enabled",
-            "lifetime_s",
-            "downtime_s",
-            "failure_fraction",
-            "drain_timeout_s",
-            "no_chain_timeout_s",
-            "load_s_per_gb",
-        },
+#: Churn presets (realism.md section 5, fitted to skypilot spot traces): fields a preset sets unless the
+#: scenario gives them. Weibull scales in seconds (1.5 h, 1.1 h).
+CHURN_PRESETS: dict[str, dict[str, Any]] = {
+    "spot-independent": {
+        "lifetime_s": {"dist": "weibull", "shape": 0.6, "scale": 1.5 * 3600.0},
+        "downtime_s": {"dist": "weibull", "shape": 0.7, "scale": 1.1 * 3600.0},
+        "failure_fraction": 1.0,
+    },
+    "zone-shocks": {
+        "lifetime_s": "never",
+        "downtime_s": {"dist": "weibull", "shape": 0.7, "scale": 1.1 * 3600.0},
+        "failure_fraction": 1.0,
+        "shocks": {"rate_per_day": 8.0, "probability": 0.6, "groups": "location"},
+    },
+}
+
+
+def _parse_shocks(value: Any, where: str, servers: tuple[ServerSpec, ...]) -> Shocks | None:
+    if value is None:
+        return None
+    sec = _Section(value, where, {"rate_per_day", "probability", "groups"})
+    groups_raw = sec.raw("groups", "location")
+    if groups_raw == "location":
+        by_location: dict[int, list[int]] = {}
+        for spec in servers:
+            by_location.setdefault(spec.location, []).append(spec.id)
+        groups = tuple(tuple(ids) for _, ids in sorted(by_location.items()))
+    elif isinstance(groups_raw, list) and groups_raw:
+        ids_by_name = {spec.name: spec.id for spec in servers}
+        found = []
+        for g, group in enumerate(groups_raw):
+            if not isinstance(group, list) or not group:
+                raise ScenarioError(
+                    f"{sec.at('groups')}[{g}]: expected a non-empty list of server names, got {_show(group)}"
+                )
+            for name in group:
+                if name not in ids_by_name:
+                    raise ScenarioError(
+                        f"{sec.at('groups')}[{g}]: unknown server {_show(name)} "
+                        f"(servers are named like {_show(servers[0].name)})"
+                    )
+            found.append(tuple(ids_by_name[n] for n in group))
+        groups = tuple(found)
+    else:
+        raise ScenarioError(
+            f"{sec.at('groups')}: expected 'location' or a list of lists of server names, "
+            f"got {_show(groups_raw)}"
+        )
+    return Shocks(
+        rate_per_day=sec.num("rate_per_day", strict=True),
+        probability=sec.num("probability", strict=True, maximum=1.0),
+        groups=groups,
     )
+
+
+def _parse_churn(value: Any, where: str, servers: tuple[ServerSpec, ...]) -> Churn:
+    fields = {
+        "enabled",
+        "preset",
+        "lifetime_s",
+        "downtime_s",
+        "failure_fraction",
+        "drain_timeout_s",
+        "no_chain_timeout_s",
+        "load_s_per_gb",
+        "shocks",
+    }
+    sec = _Section(value, where, fields)
+    preset = sec.string("preset", None, tuple(CHURN_PRESETS))
+    if preset is not None:
+        sec = _Section({**CHURN_PRESETS[preset], **sec.data}, where, fields)
+    lifetime_raw = sec.raw("lifetime_s", {"dist": "exponential", "mean": 3600.0})
+    lifetime = None if lifetime_raw == "never" else parse_distribution(lifetime_raw, sec.at("lifetime_s"))
     return Churn(
-        enabled=sec.boolean("enabled", False),
-        lifetime_s=parse_distribution(
-            sec.raw("lifetime_s", {"dist": "exponential", "mean": 3600.0}), sec.at("lifetime_s")
-        ),
+        enabled=sec.boolean("enabled", preset is not None),
+        lifetime_s=lifetime,
         downtime_s=parse_distribution(
             sec.raw("downtime_s", {"dist": "exponential", "mean": 600.0}), sec.at("downtime_s")
         ),
@@ -1180,6 +1319,8 @@ def _parse_churn(value: Any, where: str) -> Churn:
         drain_timeout_s=sec.num("drain_timeout_s", 300.0),
         no_chain_timeout_s=sec.num("no_chain_timeout_s", 300.0, strict=True),
         load_s_per_gb=sec.num("load_s_per_gb", 2.0),
+        shocks=_parse_shocks(sec.raw("shocks", None), sec.at("shocks"), servers),
+        preset=preset,
     )
 
 
@@ -1219,6 +1360,18 @@ def _parse_petals(value: Any, where: str, model: ModelSpec) -> PetalsConstants:
     )
 
 
+def _parse_contention(value: Any, where: str) -> Contention:
+    """``contention``: ``none`` (default, the paper's model), ``fifo``, or {mode, alpha, prefill}."""
+    if value is None or isinstance(value, str):
+        value = {"mode": value or "none"}
+    sec = _Section(value, where, {"mode", "alpha", "prefill"})
+    return Contention(
+        mode=sec.string("mode", "none", ("none", "fifo")),
+        alpha=sec.num("alpha", 0.5, maximum=1.0),
+        prefill=sec.string("prefill", "per_block", PREFILL_MODES),
+    )
+
+
 def _parse_simulation(value: Any, where: str) -> SimulationSettings:
     d = SimulationSettings()
     sec = _Section(value, where, set(d.__dataclass_fields__))
@@ -1240,6 +1393,7 @@ _TOP_FIELDS = {
     "overheads",
     "petals",
     "simulation",
+    "contention",
 }
 
 
@@ -1290,10 +1444,11 @@ def _scenario_from_dict(data: Any, source: str, base_dir: Path | None) -> Scenar
         clients=clients,
         network=network,
         workload=workload,
-        churn=_parse_churn(top.data.get("churn"), "churn"),
+        churn=_parse_churn(top.data.get("churn"), "churn", servers),
         overheads=_parse_overheads(top.data.get("overheads"), "overheads"),
         petals=_parse_petals(top.data.get("petals"), "petals", model),
         simulation=_parse_simulation(top.data.get("simulation"), "simulation"),
+        contention=_parse_contention(top.data.get("contention"), "contention"),
         raw=copy.deepcopy(data),
         base_dir=base_dir,
     )

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from petalgym.contention import FifoProcessors
 from petalgym.errors import DeciderError, UsageError
 from petalgym.perfmodel import Chain, Hop, Placement, TimeModel, chain_errors
 from petalgym.scenario import Scenario, max_blocks_on
@@ -75,9 +76,19 @@ if TYPE_CHECKING:
     from petalgym.deciders import Decider
 
 # event kinds, in the order they are processed when simultaneous
-_COMPLETE, _START, _JOIN_READY, _LEAVE, _DRAIN_END, _REJOIN, _ARRIVAL, _RETRY, _TIMEOUT, _REBALANCE = range(
-    10
-)
+(
+    _COMPLETE,
+    _START,
+    _JOIN_READY,
+    _LEAVE,
+    _SHOCK,
+    _DRAIN_END,
+    _REJOIN,
+    _ARRIVAL,
+    _RETRY,
+    _TIMEOUT,
+    _REBALANCE,
+) = range(11)
 
 #: Events at the current instant up to this kind (completions, reservation starts, joins, departures)
 #: are applied before a decision at that instant is asked.
@@ -144,12 +155,14 @@ class SimulationResult:
     wall_s: float
     decide_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Requests arriving before this time (s) are left out of the summary (the workload's warm-up).
+    warmup_s: float = 0.0
 
     def summary(self) -> dict[str, float]:
-        """Aggregate metrics (see :func:`petalgym.metrics.summarise`)."""
+        """Aggregate metrics (see :func:`petalgym.metrics.summarise`), warm-up excluded."""
         from petalgym.metrics import summarise
 
-        out = summarise(self.requests)
+        out = summarise(self.requests, self.warmup_s)
         out["decide_s"] = self.decide_s
         out["events"] = float(self.events)
         out["wall_s"] = self.wall_s
@@ -301,11 +314,18 @@ class Simulator:
         self._backoff_cap = scenario.simulation.backoff_cap_s
         self._churn = scenario.churn
         ss = np.random.SeedSequence(self.seed)
-        wl_ss, join_ss, churn_ss, rebal_ss, dec_ss = ss.spawn(5)
+        # (a child's stream depends only on its index, so adding children keeps the earlier streams)
+        wl_ss, join_ss, churn_ss, rebal_ss, dec_ss, shock_ss = ss.spawn(6)
+        self._shock_rng = np.random.default_rng(shock_ss)
         self.decider_rng = np.random.default_rng(dec_ss)
         self._rebalance_rng = np.random.default_rng(rebal_ss)
         self._churn_rngs = [np.random.default_rng(s) for s in churn_ss.spawn(scenario.num_servers)]
         self.servers = [ServerState(spec) for spec in scenario.servers]
+        #: The servers' processors under ``contention: fifo`` (None: the paper's model, no queueing).
+        self.fifo = (
+            FifoProcessors(scenario.num_servers, scenario.contention) if scenario.contention.enabled else None
+        )
+        self.extensions = 0  # fifo: planned ends pushed later because a session ran late
         self.view = SwarmView(scenario, self.time_model, self.servers)
         self.now = 0.0
         self.requests: list[Request] = []
@@ -337,6 +357,9 @@ class Simulator:
         for j in self.join_order:
             self._pending.append(Decision(DecisionKind.PLACE, 0.0, server=j, initial=True))
         self._schedule_next_arrival()
+        if scenario.churn.enabled and scenario.churn.shocks is not None:
+            for group in range(len(scenario.churn.shocks.groups)):
+                self._schedule_shock(group)
 
     # ----------------------------------------------------------------------------------------------
     # Workload
@@ -381,18 +404,58 @@ class Simulator:
         at t has been applied (so no request is routed onto a server that leaves at the same instant)."""
         pending = self._pending
         heap = self._heap
+        fifo = self.fifo
         while not pending:
             if self._next_arrival >= len(self._arr_t) and self.in_flight == 0:
                 return None
+            # steps first: a token received at the instant a server leaves counts
+            if (
+                fifo is not None
+                and fifo.heap
+                and (not heap or fifo.heap[0][0] <= heap[0][0])
+                and self._fifo_run(heap[0][0] if heap else math.inf)
+            ):
+                continue
             if not heap:
                 raise RuntimeError(
                     f"simulator stalled at t={self.now:.3f}s with {self.in_flight} request(s) in flight and "
                     "no pending event (internal error)"
                 )
             self._step(heapq.heappop(heap))
-        while heap and heap[0][0] == self.now and heap[0][1] <= _BEFORE_DECISIONS:
-            self._step(heapq.heappop(heap))
+        while True:
+            if fifo is not None and fifo.heap and fifo.heap[0][0] <= self.now:
+                self._fifo_run(self.now)
+            elif heap and heap[0][0] == self.now and heap[0][1] <= _BEFORE_DECISIONS:
+                self._step(heapq.heappop(heap))
+            else:
+                break
         return pending[0]
+
+    def _fifo_run(self, limit: float) -> bool:
+        """Run the processors' step events up to ``limit``; complete the first session that gets its last
+        token (True) or return False when none does."""
+        found = self.fifo.run_until(limit)
+        if found is None:
+            return False
+        t, req = found
+        self.now = t
+        self.view.now = t
+        self._position = (t, _COMPLETE, -1)
+        self.events += 1
+        if req.status == _RUNNING:
+            early = t < req.finish  # before its planned end (a forecast that was too long)
+            req.finish = t
+            chain = req.chain
+            self._complete(req)
+            req.version += 1
+            if early:
+                self._advance_reservations(chain)
+        self._changes += 1
+        if self._changes != self._evaluated:
+            self._evaluate_sleepers()
+        if self.check:
+            self.check_invariants()
+        return True
 
     def _step(self, ev: tuple) -> None:
         self._process(ev)
@@ -409,7 +472,10 @@ class Simulator:
         self.events += 1
         if kind == _COMPLETE:
             if target.version == version and target.status == _RUNNING:
-                self._complete(target)
+                if self.fifo is None:
+                    self._complete(target)
+                else:
+                    self._extend_planned_end(target)
         elif kind == _ARRIVAL:
             self._arrive(target)
         elif kind == _START:
@@ -429,6 +495,8 @@ class Simulator:
             if self._epoch[target] == version:
                 self._leave_pending[target] = False
                 self._leave(self.servers[target])
+        elif kind == _SHOCK:
+            self._shock(target)
         elif kind == _DRAIN_END:
             s = self.servers[target]
             if s.version == version and s.status == _DRAINING:
@@ -505,6 +573,7 @@ class Simulator:
             wall_s,
             decide_s,
             extra,
+            self.scenario.workload.warmup_s,
         )
 
     # PLACE -----------------------------------------------------------------------------------------
@@ -883,6 +952,9 @@ class Simulator:
     def _started(
         self, req: Request, chain: Chain, hops: Chain, t: float, first: float, d: float, finish: float
     ) -> None:
+        if self.fifo is not None:  # (req.kept still names the kept hops here)
+            delay, steps = self.time_model.segment_steps(req, hops, self.view.allocation_delay_s)
+            self.fifo.start(req, t, delay, steps, req.l_out - req.tokens_done)
         if math.isnan(req.start):
             req.start = t
             req.first_chain = chain
@@ -952,9 +1024,56 @@ class Simulator:
         or finds no chain: nobody can plan to use that cache). Reservations that would overflow a kept
         server over an extension are cancelled and re-planned (a session's cache outranks later
         reservations)."""
+        self._hold_until(req, req.kept, end)
+
+    def _extend_planned_end(self, req: Request) -> None:
+        """fifo: ``req`` reached its planned end still decoding (it queued behind other steps): hold its
+        cache until its new forecast end, cancelling the reservations that would then overflow."""
+        end = self.fifo.forecast(req, self.now, req.token_time)
+        if end <= self.now:  # its last token comes at this instant: the step event completes it
+            end = self.now
+        self.extensions += 1
+        self._hold_until(req, req.chain, end)
+        req.finish = end
+        req.version += 1
+        self._push(end, _COMPLETE, req, req.version)
+        self._advance_reservations(req.chain)  # reservations after the cancelled ones may move up
+
+    def _advance_reservations(self, hops: Chain) -> None:
+        """fifo: a session on ``hops`` ended before its planned end, or reservations there were cancelled;
+        the remaining reservations on those servers move to the earliest time their cache is free (in
+        order of their starts), so a waiting request still starts the moment the cache it needs frees."""
+        servers, requests, now = self.servers, self.requests, self.now
+        starts: dict[int, float] = {}
+        for h in hops:
+            for rid, (r0, _, _) in servers[h.server].reservations.items():
+                starts[rid] = r0
+        for rid in sorted(starts, key=lambda r: (starts[r], r)):
+            req = requests[rid]
+            if req.status != _WAITING or not req.new_hops:
+                continue
+            needs = hop_needs(req.new_hops, req.kv_bytes)
+            r0 = servers[req.new_hops[0].server].reservations[rid][0]
+            if r0 <= now:
+                continue
+            first, d = req.plan  # (the duration exactly as its start will compute it, not r1 - r0)
+            duration = first + (req.l_out - req.tokens_done - 1) * d
+            for j in needs:
+                servers[j].unreserve(rid)
+            t = min(earliest_start(servers, needs, now, duration), r0)
+            for j, b in needs.items():
+                servers[j].reserve(rid, t, t + duration, b)
+            if t < r0:
+                self._changes += 1
+                self._hold_kept_until(req, t + duration)
+                req.version += 1
+                self._push(t, _START, req, req.version)
+
+    def _hold_until(self, req: Request, hops: Chain, end: float) -> None:
+        """Hold ``req``'s cache on ``hops`` until ``end`` (see :meth:`_hold_kept_until`)."""
         servers = self.servers
         rid = req.id
-        for h in req.kept:
+        for h in hops:
             s = servers[h.server]
             nbytes, old = s.sessions[rid]
             if end > old and s.reservations:
@@ -971,6 +1090,8 @@ class Simulator:
                 s.set_end(rid, end)
 
     def _complete(self, req: Request) -> None:
+        if self.fifo is not None:
+            self.fifo.stop(req)
         self._release(req)
         req.status = RequestStatus.COMPLETED
         req.tokens_done = req.l_out
@@ -980,6 +1101,8 @@ class Simulator:
         self.finished.append(req)
 
     def _fail(self, req: Request, reason: str) -> None:
+        if self.fifo is not None:
+            self.fifo.stop(req)
         self._release(req)
         if req.status in (_WAITING, _ROUTING, _STALLED):
             req.wait_s += self.now - req.wait_since
@@ -998,7 +1121,13 @@ class Simulator:
         """``server`` stopped under running ``req``: keep the upstream hops (still held) and re-route the
         rest; a kept hop on a server that takes no new sessions (draining) is given up too."""
         now = self.now
-        g = req.tokens_at(now)
+        if self.fifo is None:
+            g = req.tokens_at(now)
+        else:
+            g = req.tokens_done + self.fifo.tokens_received(req, now)
+            self.fifo.stop(req)
+            if g == 0:
+                req.first_token = math.nan  # (its time was known before it came)
         if g >= req.l_out:
             self._complete(req)
             return
@@ -1040,6 +1169,8 @@ class Simulator:
         the requests that kept a hop on it give that hop up, then cancel its reservations -- in that order,
         so the interrupted requests are routed first."""
         requests = self.requests
+        if self.fifo is not None:
+            self.fifo.reset_server(s.id, self.now)
         running = [rid for rid in sorted(s.sessions) if requests[rid].status == _RUNNING]
         if running:
             self.interruptions[reason] = self.interruptions.get(reason, 0) + len(running)
@@ -1076,7 +1207,7 @@ class Simulator:
         self._changes += 1
         s.status = _ONLINE
         self.view.placement_version += 1
-        if self._churn.enabled and not self._leave_pending[s.id]:
+        if self._churn.enabled and self._churn.lifetime_s is not None and not self._leave_pending[s.id]:
             life = float(self._churn.lifetime_s.sample(self._churn_rngs[s.id]))
             self._leave_pending[s.id] = True
             self._push(self.now + life, _LEAVE, s.id, self._epoch[s.id])
@@ -1112,6 +1243,23 @@ class Simulator:
         self._give_up_kept_on(s, "server draining")
         self._cancel_reservations(s)
         self._push(self.now + self._churn.drain_timeout_s, _DRAIN_END, s.id, s.version)
+
+    def _schedule_shock(self, group: int) -> None:
+        """The next shock of ``group``: exponential gap of mean 1 / rate (Poisson shocks)."""
+        gap = float(self._shock_rng.exponential(86400.0 / self._churn.shocks.rate_per_day))
+        self._push(self.now + gap, _SHOCK, group, 0)
+
+    def _shock(self, group: int) -> None:
+        """A correlated failure: each up server of ``group`` fails at once with the shock's probability
+        (its sessions are interrupted, as in an independent failure); then the group's next shock."""
+        shocks = self._churn.shocks
+        for sid in shocks.groups[group]:
+            s = self.servers[sid]
+            hit = bool(self._shock_rng.random() < shocks.probability)
+            if hit and s.status in (_ONLINE, _LOADING, _DRAINING):
+                self._downtime[sid] = float(self._churn.downtime_s.sample(self._churn_rngs[sid]))
+                self._go_offline(s, "shock")
+        self._schedule_shock(group)
 
     def _go_offline(self, s: ServerState, reason: str) -> None:
         self._changes += 1

@@ -114,8 +114,8 @@ def _profiled_times(
         count += len(keep)
         t_end = float(c[-1])
     times = np.concatenate(kept) if kept else np.zeros(0)
-    if zero and len(times):
-        times = times - times[0]
+    if zero:  # a first request at 0; the others keep their times (shifting them would move the profile)
+        times = np.concatenate([[0.0], times])
     if n is not None:
         times = times[:n]
     if horizon is not None:

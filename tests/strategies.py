@@ -49,8 +49,10 @@ def scenario_dicts(
     max_wait: bool | None = None,
     min_requests: int = 3,
     max_requests: int = 40,
+    contention: bool | None = None,
 ) -> dict[str, Any]:
-    """A valid small scenario mapping; ``churn``/``network``/``max_wait`` = None lets hypothesis choose."""
+    """A valid small scenario mapping; ``churn``/``network``/``max_wait``/``contention`` = None lets
+    hypothesis choose (contention: fifo with a random alpha and prefill mode, or none)."""
     d_model = draw(st.integers(200_000, 2_000_000))
     l_in_low = draw(st.integers(1, 20))
     l_in_high = draw(st.integers(l_in_low, 30))
@@ -137,6 +139,20 @@ def scenario_dicts(
             "drain_timeout_s": draw(st.floats(0.0, 10.0)),
             "no_chain_timeout_s": draw(st.floats(1.0, 30.0)),
             "load_s_per_gb": draw(st.floats(0.0, 2.0)),
+        }
+        if draw(st.booleans()):  # correlated failures: shocks take down groups of servers
+            last = f"{server_profiles[-1]}-{n_servers - 1}"  # servers are named <profile>-<index>
+            groups = "location" if kind == "clusters" else [[f"{server_profiles[0]}-0", last]]
+            data["churn"]["shocks"] = {
+                "rate_per_day": draw(st.floats(500.0, 20000.0)),
+                "probability": draw(st.floats(0.1, 1.0)),
+                "groups": groups,
+            }
+    if contention if contention is not None else draw(st.booleans()):
+        data["contention"] = {
+            "mode": "fifo",
+            "alpha": draw(st.floats(0.0, 1.0)),
+            "prefill": draw(st.sampled_from(["per_block", "merged"])),
         }
     return data
 

@@ -320,9 +320,9 @@ def test_cli_train_subprocess_envs_and_reproducibility(tmp_path, capsys):
     assert all(np.array_equal(pa[k].numpy(), pb[k].numpy()) for k in pa)  # same seed => same weights
     # bad input: exit status 2 with one error line
     assert main(["train", "--env", "CartPole-v1", "--output", str(tmp_path / "c"), "--no-progress"]) == 2
-    assert "unknown environment 'CartPole-v1'" in capsys.readouterr().out
+    assert "unknown environment 'CartPole-v1'" in capsys.readouterr().err
     assert main(["train", "--hp", "n_stepz=3", "--output", str(tmp_path / "d"), "--no-progress"]) == 2
-    assert "n_stepz" in capsys.readouterr().out
+    assert "n_stepz" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------

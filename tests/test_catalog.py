@@ -155,4 +155,4 @@ def test_cli_lists_models_and_gpus(capsys):
     assert main(["gpus"]) == 0
     assert "measured (PETALS)" in capsys.readouterr().out
     assert main(["gpus", "--model", "gpt-5"]) == 2
-    assert "error:" in capsys.readouterr().out
+    assert "error:" in capsys.readouterr().err

@@ -50,12 +50,12 @@ def test_simulate_prints_summary_and_writes_csv(tmp_path, capsys):
 
 def test_errors_are_one_line_with_status_2(capsys):
     assert main(["simulate", "--scenario", "no-such-scenario"]) == 2
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert "error:" in err and "no-such-scenario" in err and "Traceback" not in err
     assert main(["simulate", "--decider", "no-such-decider"]) == 2
-    assert "no-such-decider" in capsys.readouterr().out
+    assert "no-such-decider" in capsys.readouterr().err
     assert main(["simulate", "--set", "workload.arrival_rate=-3"]) == 2
-    assert "workload.arrival_rate" in capsys.readouterr().out
+    assert "workload.arrival_rate" in capsys.readouterr().err
     assert main(["simulate", "--set", "nonsense"]) == 2
 
 
@@ -155,10 +155,10 @@ def test_solve_offline_methods(capsys):
 
 def test_solve_bad_input_exits_2(capsys):
     assert main(["solve", "--requests", "0"]) == 2
-    assert "--requests: must be an integer >= 1, got 0" in capsys.readouterr().out
+    assert "--requests: must be an integer >= 1, got 0" in capsys.readouterr().err
     # CG-BPRR cannot reserve cache for 10,000 concurrent sessions on clustered-9
     assert main(["solve", "--requests", "10000"]) == 2
-    assert "error:" in capsys.readouterr().out
+    assert "error:" in capsys.readouterr().err
 
 
 def test_solve_milp_proves_the_paper_case_optimal(capfd):
@@ -195,7 +195,7 @@ def test_bad_arguments_are_one_error_line_with_status_2(argv, names, capsys, tmp
     out_dir = tmp_path / "results"
     extra = ["--output", str(out_dir)] if argv[0] == "evaluate" else []
     assert main(argv + extra) == 2
-    line = one_error_line(capsys.readouterr().out)
+    line = one_error_line(capsys.readouterr().err)
     for name in names:
         assert name in line
     assert not out_dir.exists()  # nothing written (before: --seeds 0 overwrote results/ with an empty table)
@@ -207,7 +207,7 @@ def test_a_missing_agent_file_fails_before_any_simulation(tmp_path, capsys, monk
     ran = []
     monkeypatch.setattr(ev, "run_grid", lambda *a, **k: ran.append(1) or [])
     assert main(["evaluate", "--deciders", "cg-bp-ws-rr", "--agent", str(tmp_path / "x.zip")]) == 2
-    assert not ran and "x.zip" in one_error_line(capsys.readouterr().out)
+    assert not ran and "x.zip" in one_error_line(capsys.readouterr().err)
 
 
 def test_agents_with_the_same_stem_get_distinct_labels(tmp_path):

@@ -296,7 +296,7 @@ class PetalAllocEnv(gym.Env):
             applied_action=a,
         )
         if self._ended:  # the episode's outcome so far (all of it when terminated)
-            info["summary"] = summarise(self.sim.requests)
+            info["summary"] = summarise(self.sim.requests, self.sim.scenario.workload.warmup_s)
         return self._observation(), float(reward), terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:

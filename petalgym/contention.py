@@ -1,0 +1,223 @@
+"""Compute contention (``contention: fifo``): each server is one non-preemptive FIFO processor of steps.
+
+A PETALS 2.2 server runs one compute thread that takes one task at a time, in order of submission
+(realism.md section 1.1). In this mode every running session sends its tokens one step at a time:
+token t goes through its hops in order; at hop h the step reaches the server ``alpha`` x the hop's
+overhead after it was sent, waits in the server's queue, is computed (blocks x tau, or for a per-block
+prefill one job per block, each re-queued at the tail as PETALS' handler does), and returns to the client
+(1 - alpha) x the overhead after it ends; the client then sends the next hop or the next token.
+
+The engine is exact and event-driven. Steps are handled in the order they reach their server (a heap of
+arrival events keyed by (time, sequence)); a FIFO processor that sees its arrivals in time order knows
+each job's start at its arrival (Lindley: start = max(arrival, processor free)), so one event per job
+suffices. With no overlap on any server the times reduce to the paper's T_c(p) (plus its initial delay):
+:meth:`petalgym.perfmodel.TimeModel.segment_steps` gives the steps, which sum to ``segment_times``.
+
+KV cache, admission and waiting are the simulator's, unchanged; this module only times the steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: Prefill modes: one job per block re-queued at the tail (PETALS' multi-token steps), or one job.
+PREFILL_MODES = ("per_block", "merged")
+
+
+@dataclass(frozen=True)
+class Contention:
+    """The scenario's ``contention`` section.
+
+    Args:
+        mode: ``none`` (the paper's model: servers never slow down under load) or ``fifo``.
+        alpha: share of a hop's overhead (network + handler) spent before the server sees the step.
+        prefill: ``per_block`` (k jobs of one block each, as PETALS cuts multi-token steps) or ``merged``.
+    """
+
+    mode: str = "none"
+    alpha: float = 0.5
+    prefill: str = "per_block"
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "fifo"
+
+
+class _Session:
+    """One running segment of a request: its hop steps and where its current token is."""
+
+    __slots__ = (
+        "alive",
+        "final_at",
+        "hop",
+        "jobs_left",
+        "received",
+        "recv_at",
+        "request",
+        "steps",
+        "token",
+        "tokens_left",
+    )
+
+    def __init__(self, request: Any, steps: list, tokens_left: int):
+        self.request = request
+        self.steps = steps
+        self.tokens_left = tokens_left  # tokens of this segment not yet received
+        self.token = 0  # index (in this segment) of the token in flight
+        self.hop = 0
+        self.jobs_left = 0
+        self.alive = True
+        self.received = 0  # tokens of this segment received up to ``recv_at`` (inclusive)
+        self.recv_at = -math.inf  # when the last counted token was (or will be) received
+        self.final_at = math.nan  # when the last token is received, once known
+
+
+class FifoProcessors:
+    """The servers' processors and the steps of every running session (times in seconds).
+
+    Args:
+        num_servers: servers in the swarm.
+        contention: the scenario's contention settings (``alpha``, ``prefill``).
+    """
+
+    def __init__(self, num_servers: int, contention: Contention):
+        self.alpha = contention.alpha
+        self.per_block = contention.prefill == "per_block"
+        self.free_at = [0.0] * num_servers  # when each processor has done every job it was given
+        self.heap: list[tuple[float, int, _Session, int]] = []  # (time, seq, session, kind)
+        self._seq = 0
+        self._sessions: dict[int, _Session] = {}
+        self.jobs = 0  # jobs processed (for run statistics)
+
+    # sessions ----------------------------------------------------------------------------------------
+    def start(self, request: Any, t: float, delay: float, steps: list, tokens_left: int) -> None:
+        """``request`` starts a segment at ``t``: its first step is sent at ``t + delay``."""
+        self.stop(request)
+        sess = _Session(request, steps, tokens_left)
+        self._sessions[request.id] = sess
+        sess.jobs_left = steps[0][1] if self.per_block else 1
+        self._push(t + delay + self.alpha * steps[0][2], sess, _ARRIVE)
+
+    def stop(self, request: Any) -> None:
+        """Forget ``request``'s segment (completed or interrupted); a job it already gave a processor
+        still runs there (scheduling is non-preemptive)."""
+        sess = self._sessions.pop(request.id, None)
+        if sess is not None:
+            sess.alive = False
+
+    def tokens_received(self, request: Any, t: float) -> int:
+        """Tokens of ``request``'s current segment received by the client at or before ``t``."""
+        sess = self._sessions.get(request.id)
+        if sess is None:
+            return 0
+        return sess.received if sess.recv_at <= t else sess.received - 1
+
+    def forecast(self, request: Any, t: float, token_time: float) -> float:
+        """When ``request``'s segment should end, seen at ``t``: its last token's time once known, else
+        ``t`` + tokens left x the larger of ``token_time`` (no queueing) and its mean token time so far."""
+        sess = self._sessions[request.id]
+        if not math.isnan(sess.final_at):
+            return sess.final_at
+        left = sess.tokens_left
+        done = sess.received if sess.recv_at <= t else sess.received - 1
+        per_token = token_time
+        if done >= 2 and sess.recv_at > -math.inf:
+            elapsed = t - request.seg_start
+            per_token = max(token_time, _MARGIN * elapsed / done)
+        return t + max(left, 1) * per_token
+
+    def reset_server(self, server: int, t: float) -> None:
+        """``server`` went offline or reloads: its processor drops its queue."""
+        self.free_at[server] = t
+
+    # events ----------------------------------------------------------------------------------------
+    def _push(self, t: float, sess: _Session, kind: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (t, self._seq, sess, kind))
+
+    @property
+    def next_time(self) -> float:
+        """Time of the next step event (inf if none)."""
+        return self.heap[0][0] if self.heap else math.inf
+
+    def run_until(self, limit: float) -> tuple[float, Any] | None:
+        """Process step events up to and including ``limit``; stop at the first session that receives its
+        last token and return (that time, its request); None when no event is left before ``limit``."""
+        heap = self.heap
+        pop, push = heapq.heappop, heapq.heappush
+        alpha, beta = self.alpha, 1.0 - self.alpha
+        free = self.free_at
+        per_block = self.per_block
+        jobs = 0
+        while heap and heap[0][0] <= limit:
+            t, _, sess, kind = pop(heap)
+            if not sess.alive:
+                continue
+            if kind == _FINISH:
+                self.jobs += jobs
+                self._sessions.pop(sess.request.id, None)
+                sess.alive = False
+                return t, sess.request
+            jobs += 1
+            steps = sess.steps
+            h = sess.hop
+            server, blocks, first_o, first_w, dec_o, dec_w = steps[h]
+            first = sess.token == 0
+            if first:
+                o, work = first_o, (first_w if per_block else blocks * first_w)
+            else:
+                o, work = dec_o, blocks * dec_w
+            f = free[server]
+            done = (t if f <= t else f) + work
+            free[server] = done
+            if first and per_block and sess.jobs_left > 1:  # the next block joins the tail when this ends
+                sess.jobs_left -= 1
+                self._seq += 1
+                push(heap, (done, self._seq, sess, _ARRIVE))
+                continue
+            recv = done + beta * o
+            h += 1
+            if h < len(steps):  # the client sends the same token to the next hop
+                sess.hop = h
+                if first:
+                    sess.jobs_left = steps[h][1] if per_block else 1
+                    nxt = recv + alpha * steps[h][2]
+                else:
+                    nxt = recv + alpha * steps[h][4]
+                self._seq += 1
+                push(heap, (nxt, self._seq, sess, _ARRIVE))
+                continue
+            # the client receives the token
+            sess.tokens_left -= 1
+            req = sess.request
+            if sess.tokens_left == 0:
+                planned = req.finish  # the simulator's planned end: rounding must not make it late
+                if abs(recv - planned) <= _SNAP * (1.0 + abs(planned)):
+                    recv = planned
+            sess.received += 1
+            sess.recv_at = recv
+            if req.first_token != req.first_token:  # nan: the request's first token
+                req.first_token = recv
+            self._seq += 1
+            if sess.tokens_left == 0:
+                sess.final_at = recv
+                push(heap, (recv, self._seq, sess, _FINISH))
+                continue
+            sess.token += 1
+            sess.hop = 0
+            push(heap, (recv + alpha * steps[0][4], self._seq, sess, _ARRIVE))
+        self.jobs += jobs
+        return None
+
+
+_ARRIVE, _FINISH = 0, 1
+_SNAP = 1e-9  # relative: a last token this close to its planned end ends at it (float rounding only)
+#: A late session's forecast: its mean token time so far x this margin per token left (fewer re-plans;
+#: a session that then ends early moves the reservations that waited for it up).
+_MARGIN = 1.5
+
+
+__all__ = ["PREFILL_MODES", "Contention", "FifoProcessors"]
