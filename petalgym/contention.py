@@ -98,7 +98,7 @@ class FifoProcessors:
         self.stop(request)
         sess = _Session(request, steps, tokens_left)
         self._sessions[request.id] = sess
-        sess.jobs_left = steps[0][1] if self.per_block else 1
+        sess.jobs_left = steps[0][1] if self.per_block and steps[0][6] else 1
         self._push(t + delay + self.alpha * steps[0][2], sess, _ARRIVE)
 
     def stop(self, request: Any) -> None:
@@ -116,18 +116,18 @@ class FifoProcessors:
         return sess.received if sess.recv_at <= t else sess.received - 1
 
     def forecast(self, request: Any, t: float, token_time: float) -> float:
-        """When ``request``'s segment should end, seen at ``t``: its last token's time once known, else
-        ``t`` + tokens left x the larger of ``token_time`` (no queueing) and its mean token time so far."""
+        """When ``request``'s segment should end, seen at ``t`` (its planned end has come and it is still
+        running): its last token's time once known; else ``t`` + the larger of (tokens left x its mean
+        token time so far, at least ``token_time``) and half the time it has run. The second term doubles
+        the horizon of a session that keeps running late, so it is extended O(log(actual / planned))
+        times; one that then ends early moves the reservations behind it up."""
         sess = self._sessions[request.id]
         if not math.isnan(sess.final_at):
             return sess.final_at
-        left = sess.tokens_left
         done = sess.received if sess.recv_at <= t else sess.received - 1
-        per_token = token_time
-        if done >= 2 and sess.recv_at > -math.inf:
-            elapsed = t - request.seg_start
-            per_token = max(token_time, _MARGIN * elapsed / done)
-        return t + max(left, 1) * per_token
+        elapsed = t - request.seg_start
+        per_token = max(token_time, elapsed / done) if done >= 1 else token_time
+        return t + max(max(sess.tokens_left, 1) * per_token, 0.5 * elapsed)
 
     def reset_server(self, server: int, t: float) -> None:
         """``server`` went offline or reloads: its processor drops its queue."""
@@ -164,10 +164,10 @@ class FifoProcessors:
             jobs += 1
             steps = sess.steps
             h = sess.hop
-            server, blocks, first_o, first_w, dec_o, dec_w = steps[h]
+            server, blocks, first_o, first_w, dec_o, dec_w, prefill = steps[h]
             first = sess.token == 0
-            if first:
-                o, work = first_o, (first_w if per_block else blocks * first_w)
+            if first:  # a prefill, one job per block (per_block) or one job; or a kept hop's redo step
+                o, work = first_o, (first_w if per_block and prefill else blocks * first_w)
             else:
                 o, work = dec_o, blocks * dec_w
             f = free[server]
@@ -183,7 +183,7 @@ class FifoProcessors:
             if h < len(steps):  # the client sends the same token to the next hop
                 sess.hop = h
                 if first:
-                    sess.jobs_left = steps[h][1] if per_block else 1
+                    sess.jobs_left = steps[h][1] if per_block and steps[h][6] else 1
                     nxt = recv + alpha * steps[h][2]
                 else:
                     nxt = recv + alpha * steps[h][4]
@@ -215,9 +215,6 @@ class FifoProcessors:
 
 _ARRIVE, _FINISH = 0, 1
 _SNAP = 1e-9  # relative: a last token this close to its planned end ends at it (float rounding only)
-#: A late session's forecast: its mean token time so far x this margin per token left (fewer re-plans;
-#: a session that then ends early moves the reservations that waited for it up).
-_MARGIN = 1.5
 
 
 __all__ = ["PREFILL_MODES", "Contention", "FifoProcessors"]

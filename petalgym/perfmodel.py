@@ -220,13 +220,14 @@ class TimeModel:
 
     def segment_steps(
         self, request: Request, hops: Sequence[Hop], allocation_delay_s: float = 0.0
-    ) -> tuple[float, list[tuple[int, int, float, float, float, float]]]:
+    ) -> tuple[float, list[tuple[int, int, float, float, float, float, bool]]]:
         """The per-hop steps behind :meth:`segment_times`, for the contention engine (seconds).
 
         Returns (delay before the first step, one row per hop of the kept hops + ``hops``): (server,
-        blocks, first-step overhead, first-step work per block, decode overhead, decode work per block).
-        The first step is a prefill (overhead tI_cj(n), work tauI_j(n) per block, n = l_in or the replayed
-        history) on new hops and a decode step (t_cj, tau_j) on kept hops. Summed with no queueing --
+        blocks, first-step overhead, first-step work per block, decode overhead, decode work per block,
+        whether the first step is a prefill). The first step is a prefill (overhead tI_cj(n), work
+        tauI_j(n) per block, n = l_in or the replayed history) on new hops and a decode step (t_cj,
+        tau_j) on kept hops. Summed with no queueing --
         delay + sum(first overhead + blocks x first work) + (tokens left - 1) x sum(decode overhead +
         blocks x decode work) -- this is the ``duration`` of :meth:`segment_times`."""
         client = request.client
@@ -238,13 +239,13 @@ class TimeModel:
         o = self._o
         pre = o.prefill_per_token_s * prompt + o.prefill_overhead_s
         steps = [
-            (h.server, h.end - h.start, tt[h.server], tau[h.server], tt[h.server], tau[h.server])
+            (h.server, h.end - h.start, tt[h.server], tau[h.server], tt[h.server], tau[h.server], False)
             for h in request.kept
         ]
         for h in hops:
             j = h.server
             work = self._pslope[j] * prompt + self._pbase[j]
-            steps.append((j, h.end - h.start, rtt[j] + pre, work, tt[j], tau[j]))
+            steps.append((j, h.end - h.start, rtt[j] + pre, work, tt[j], tau[j], True))
         return delay, steps
 
     def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:

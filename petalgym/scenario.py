@@ -1306,7 +1306,11 @@ def _parse_churn(value: Any, where: str, servers: tuple[ServerSpec, ...]) -> Chu
     sec = _Section(value, where, fields)
     preset = sec.string("preset", None, tuple(CHURN_PRESETS))
     if preset is not None:
-        sec = _Section({**CHURN_PRESETS[preset], **sec.data}, where, fields)
+        merged = {**CHURN_PRESETS[preset], **sec.data}
+        own, given = CHURN_PRESETS[preset].get("shocks"), sec.data.get("shocks")
+        if isinstance(own, dict) and isinstance(given, dict):  # a shock field given alone keeps the rest
+            merged["shocks"] = {**own, **given}
+        sec = _Section(merged, where, fields)
     lifetime_raw = sec.raw("lifetime_s", {"dist": "exponential", "mean": 3600.0})
     lifetime = None if lifetime_raw == "never" else parse_distribution(lifetime_raw, sec.at("lifetime_s"))
     return Churn(

@@ -162,26 +162,35 @@ def test_reservations_start_exactly_when_cache_frees(sc, seed):
 
 @settings(max_examples=30)
 @given(sc=small_scenarios(churn=False, contention=True), seed=seeds)
-def test_fifo_reservations_start_when_cache_frees_or_at_a_re_plan(sc, seed):
-    """Under fifo contention a waiting request starts when another finishes (reservations move earlier
-    when a session ends before its forecast), or at the moment a late session's planned end was pushed
-    later and its reservation was re-planned."""
-    extended: set[float] = set()
-    original = Simulator._extend_planned_end
+def test_fifo_reservations_start_when_cache_frees_or_was_planned_to(sc, seed):
+    """Under fifo contention a session's end is a forecast until it comes: a waiting request starts when
+    another request finished or at a planned end it was planned on (a session's forecast, an overrun's
+    new one, or a reservation's end) -- never at a polled or arbitrary time."""
+    planned: set[float] = set()
+    original = Simulator._push
 
-    def spy(self: Simulator, req: Any) -> None:
-        extended.add(self.now)
-        original(self, req)
+    def spy(self: Simulator, t: float, kind: int, target: Any, version: Any, order: Any = None) -> None:
+        if kind == 0:  # a (planned) completion
+            planned.add(t)
+        original(self, t, kind, target, version, order)
 
-    Simulator._extend_planned_end = spy  # type: ignore[method-assign]
+    reserve = ServerState.reserve
+
+    def spy_reserve(self: ServerState, rid: int, start: float, end: float, nbytes: int) -> None:
+        planned.add(end)  # a reservation's planned end (others may be planned on it)
+        reserve(self, rid, start, end, nbytes)
+
+    Simulator._push = spy  # type: ignore[method-assign]
+    ServerState.reserve = spy_reserve  # type: ignore[method-assign]
     try:
         sim, dec = run(sc, seed, True, None)
     finally:
-        Simulator._extend_planned_end = original  # type: ignore[method-assign]
+        Simulator._push = original  # type: ignore[method-assign]
+        ServerState.reserve = reserve  # type: ignore[method-assign]
     finishes = {r.finish for r in sim.requests if r.status == RequestStatus.COMPLETED}
     for r in sim.requests:
         if r.status == RequestStatus.COMPLETED and r.start > r.arrival and r.id not in dec.stalled:
-            assert r.start in finishes or r.start in extended, (r.id, r.start)
+            assert r.start in finishes or r.start in planned, (r.id, r.start)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -927,3 +927,8 @@ def test_warmup_keeps_a_request_arriving_exactly_at_the_warmup():
 def test_bad_warmup_is_an_error(bad):
     with pytest.raises(ScenarioError, match=r"workload\.warmup_s"):
         load_scenario("clustered-9", {"workload.warmup_s": bad})
+
+
+def test_a_shock_field_next_to_the_zone_shocks_preset_keeps_the_other_shock_fields():
+    sc = load_scenario("clustered-9", {"churn": {"preset": "zone-shocks", "shocks": {"rate_per_day": 20}}})
+    assert sc.churn.shocks.rate_per_day == 20.0 and sc.churn.shocks.probability == 0.6
