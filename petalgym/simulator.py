@@ -1081,8 +1081,9 @@ class Simulator:
 
     def _advance_reservations(self, hops: Chain, until: float) -> None:
         """fifo: a session on ``hops`` ended before its planned end ``until``: the reservations on those
-        servers that were to start by then move to the earliest time their cache is free (in order of
-        their starts), so a request waiting for that cache starts when it frees."""
+        servers that were to start by then move to the earliest time their cache is free, in order of
+        their starts until one cannot move (those behind it wait for it), so a request waiting for that
+        cache starts when it frees."""
         servers, requests, now = self.servers, self.requests, self.now
         starts: dict[int, float] = {}
         for h in hops:
@@ -1104,11 +1105,12 @@ class Simulator:
             t = min(earliest_start(servers, needs, now, duration), r0)
             for j, b in needs.items():
                 servers[j].reserve(rid, t, t + duration, b)
-            if t < r0:
-                self._changes += 1
-                self._hold_kept_until(req, t + duration)
-                req.version += 1
-                self._push(t, _START, req, req.version)
+            if t >= r0:  # the queue behind it cannot move either: stop (bounded work per early end)
+                break
+            self._changes += 1
+            self._hold_kept_until(req, t + duration)
+            req.version += 1
+            self._push(t, _START, req, req.version)
 
     def _hold_until(self, req: Request, hops: Chain, end: float) -> None:
         """Hold ``req``'s cache on ``hops`` until ``end`` (see :meth:`_hold_kept_until`)."""
