@@ -451,8 +451,9 @@ def _parse_model(value: Any, where: str) -> ModelSpec:
             raise ScenarioError(f"{where}: unknown model {_show(value)} (built-in: {known})")
     sec = _Section(value, where, _MODEL_FIELDS | {"base"})
     base = sec.string("base", None)
-    if base is None and sec.has("name") and not sec.has("num_blocks") and sec.raw("name") in catalog.models():
-        base = sec.raw("name")
+    named = sec.raw("name", None)
+    if base is None and isinstance(named, str) and not sec.has("num_blocks") and named in catalog.models():
+        base = named
     quant = sec.string("quantization", None, choices=tuple(catalog.QUANTIZATIONS))
     if quant is not None and sec.has("bits_per_param"):
         raise ScenarioError(f"{where}: give quantization or bits_per_param, not both")
@@ -1272,7 +1273,7 @@ def _parse_shocks(value: Any, where: str, servers: tuple[ServerSpec, ...]) -> Sh
                     f"{sec.at('groups')}[{g}]: expected a non-empty list of server names, got {_show(group)}"
                 )
             for name in group:
-                if name not in ids_by_name:
+                if not isinstance(name, str) or name not in ids_by_name:
                     raise ScenarioError(
                         f"{sec.at('groups')}[{g}]: unknown server {_show(name)} "
                         f"(servers are named like {_show(servers[0].name)})"

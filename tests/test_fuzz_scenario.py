@@ -54,7 +54,8 @@ FIELDS = sorted(
 #: (``override 'a.b'``).
 LOCATORS = (
     *("name", "description", "model", "gpu_profiles", "servers", "clients", "network", "workload"),
-    *("churn", "overheads", "petals", "top level", "line ", "invalid YAML", "override "),
+    *("churn", "overheads", "petals", "simulation", "contention"),
+    *("top level", "line ", "invalid YAML", "override "),
     *("not a UTF-8 text", "cannot be read"),
 )
 
