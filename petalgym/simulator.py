@@ -453,14 +453,15 @@ class Simulator:
             if early:
                 self._advance_reservations(chain, planned)
         self._changes += 1
-        if self._changes != self._evaluated:
-            self._evaluate_sleepers()
-        if self.check:
-            self.check_invariants()
+        self._after_event()
         return True
 
     def _step(self, ev: tuple) -> None:
         self._process(ev)
+        self._after_event()
+
+    def _after_event(self) -> None:
+        """After an event: re-ask sleeping retries if the swarm changed; check invariants if asked."""
         if self._changes != self._evaluated:
             self._evaluate_sleepers()
         if self.check:
@@ -1030,7 +1031,23 @@ class Simulator:
         or finds no chain: nobody can plan to use that cache). Reservations that would overflow a kept
         server over an extension are cancelled and re-planned (a session's cache outranks later
         reservations)."""
-        self._hold_until(req, req.kept, end)
+        servers = self.servers
+        rid = req.id
+        for h in req.kept:
+            s = servers[h.server]
+            nbytes, old = s.sessions[rid]
+            if end > old and s.reservations:
+                limit = s.cache_capacity - nbytes - s.used_bytes
+                planned = s.timelines()[0]
+                if planned.prefix(old) > limit or (planned.first_above(old, limit) or math.inf) < end:
+                    requests = self.requests
+                    for other in sorted(s.reservations):
+                        r0, r1, _ = s.reservations.get(other, (math.inf, 0.0, 0))
+                        if r0 < end and r1 > old:
+                            self._cancel_reservation(requests[other])
+            if end != old:
+                self._changes += 1
+                s.set_end(rid, end)
 
     def _extend_planned_end(self, req: Request) -> None:
         """fifo: ``req`` reached its planned end still decoding (it queued behind other steps): it holds
@@ -1111,26 +1128,6 @@ class Simulator:
             self._hold_kept_until(req, t + duration)
             req.version += 1
             self._push(t, _START, req, req.version)
-
-    def _hold_until(self, req: Request, hops: Chain, end: float) -> None:
-        """Hold ``req``'s cache on ``hops`` until ``end`` (see :meth:`_hold_kept_until`)."""
-        servers = self.servers
-        rid = req.id
-        for h in hops:
-            s = servers[h.server]
-            nbytes, old = s.sessions[rid]
-            if end > old and s.reservations:
-                limit = s.cache_capacity - nbytes - s.used_bytes
-                planned = s.timelines()[0]
-                if planned.prefix(old) > limit or (planned.first_above(old, limit) or math.inf) < end:
-                    requests = self.requests
-                    for other in sorted(s.reservations):
-                        r0, r1, _ = s.reservations.get(other, (math.inf, 0.0, 0))
-                        if r0 < end and r1 > old:
-                            self._cancel_reservation(requests[other])
-            if end != old:
-                self._changes += 1
-                s.set_end(rid, end)
 
     def _complete(self, req: Request) -> None:
         if self.fifo is not None:
