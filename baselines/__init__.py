@@ -19,6 +19,15 @@ BASELINES: dict[str, str] = {
     "petals-opt-rr": "petalgym.baselines.ablations:optimized_rr",
     "petals-paper": "petalgym.baselines.paper:PetalsPaperDecider",
     "cg-bp-ws-rr-paper": "petalgym.baselines.paper:CGBPWSRRPaperDecider",
+    "gbp-cr-jffc": "petalgym.baselines.composition:jffc",
+    "gbp-cr-jsq": "petalgym.baselines.composition:jsq",
+    "gbp-cr-sed": "petalgym.baselines.composition:sed",
+    "gbp-cr-sa-jsq": "petalgym.baselines.composition:sa_jsq",
+    "gbp-cr-jiq": "petalgym.baselines.composition:jiq",
+    "jffc-only": "petalgym.baselines.composition:jffc_only",
+    "helix": "petalgym.baselines.helix:HelixDecider",
+    "parallax": "petalgym.baselines.parallax:ParallaxDecider",
+    "parallax-dp": "petalgym.baselines.parallax:parallax_dp",
 }
 
 for _name, _target in BASELINES.items():

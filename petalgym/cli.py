@@ -357,6 +357,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         _write(out / "paper_comparison.json", json.dumps(payload, indent=1, default=str)),
         grid.defaults.plot(out / "paper_grid.png", title="per-token time, paper grid (petalgym defaults)"),
     ]
+    if not args.no_successor:
+        successor = rp.successor_grid(seeds, **common)
+        srows = rp.successor_rows(successor)
+        wide.print(rp.successor_table(srows, args.seeds))
+        payload["successor"] = srows
+        paths += [
+            successor.to_csv(out / "successor.csv"),
+            _write(out / "successor.md", rp.successor_markdown(srows)),
+            _write(out / "paper_comparison.json", json.dumps(payload, indent=1, default=str)),
+        ]
     if args.sweeps:
         paths += list(rp.run_sweeps(seeds, out, **common).values())
     console.print("written: " + ", ".join(str(p) for p in paths))
@@ -515,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-draws", action="store_true", help="skip the replay on the clustered script's own arrival draws"
     )
     p.add_argument("--sweeps", action="store_true", help="also sweep C, eta, lambda and l_out (plots)")
+    p.add_argument(
+        "--no-successor",
+        action="store_true",
+        help="skip the successor paper's testbed (PETALS, BPRR, JFFC only, GBP-CR + GCA + JFFC)",
+    )
     p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--address", help="Ray cluster address (backend ray)")

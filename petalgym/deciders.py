@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +30,19 @@ class Route(NamedTuple):
     chain: Chain
     wait: bool = True
     not_before: float | None = None
+
+
+class Enqueue(NamedTuple):
+    """A routing answer: do not dispatch ``request`` now; it waits in the client-side FIFO queue ``key``
+    (central-queue dispatch, e.g. JFFC: ``key="central"``; per-chain FCFS queues: the chain's index).
+
+    The simulator offers the head of every queue to :meth:`Decider.route` again at each dispatch
+    opportunity (a request's route ended -- completed, failed, interrupted, its reservation cancelled --
+    or a server came online or went offline), earliest-queued head first; a queue whose head is queued
+    again waits for the next opportunity, keeping its order. Queued time counts as waiting (``wait_s``,
+    bounded by ``max_wait_s``)."""
+
+    key: Hashable = "central"
 
 
 class Decider:
@@ -64,10 +77,17 @@ class Decider:
         """Blocks (and cache budget) for ``server``, which is joining the swarm now."""
         raise NotImplementedError
 
-    def route(self, view: SwarmView, request: Request) -> Route | Chain | None:
-        """A chain for ``request`` from block ``request.route_from`` to L on ONLINE servers, or None if no
-        chain exists now (the request then stalls until a server comes online)."""
+    def route(self, view: SwarmView, request: Request) -> Route | Chain | Enqueue | None:
+        """A chain for ``request`` from block ``request.route_from`` to L on ONLINE servers, None if no
+        chain exists now (the request then stalls until a server comes online), or :class:`Enqueue` to
+        keep it in a client-side queue until a dispatch opportunity."""
         raise NotImplementedError
+
+    def route_ended(self, view: SwarmView, request: Request) -> None:
+        """``request``'s last route answer no longer holds a chain: it completed, failed, was interrupted
+        (a recovery is routed next) or lost its reservation. Deciders that count the jobs on their chains
+        (JFFC's Z_k, Parallax's current requests) release them here; the default does nothing. Called
+        once per such event, possibly for a request this decider never dispatched."""
 
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
         """A new placement for ONLINE ``server`` (it will reload), or None to stay."""
@@ -250,6 +270,7 @@ register_decider("shortest", ShortestChainDecider)
 __all__ = [
     "Chain",
     "Decider",
+    "Enqueue",
     "Hop",
     "Placement",
     "Route",

@@ -28,6 +28,7 @@ def request_record(r: Request) -> dict[str, Any]:
         "ttft_s": r.ttft if done else math.nan,
         "per_token_s": r.per_token if done else math.nan,
         "later_token_s": r.later_token if done else math.nan,
+        "response_s": r.latency if done else math.nan,
         "wait_s": r.wait_s,
         "recoveries": r.recoveries,
         "attempts": r.attempts,
@@ -41,7 +42,8 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def summarise(requests: Sequence[Request], warmup_s: float = 0.0) -> dict[str, float]:
-    """Aggregate metrics over ``requests``: counts, and means over completed requests.
+    """Aggregate metrics over ``requests``: counts, and means over completed requests (``per_token_s``
+    the paper's metric; ``response_s`` = finish - arrival, the successor's mean response time).
 
     Args:
         requests: the episode's requests.
@@ -57,6 +59,7 @@ def summarise(requests: Sequence[Request], warmup_s: float = 0.0) -> dict[str, f
     failed = [r for r in requests if r.status == RequestStatus.FAILED]
     per_token = [r.per_token for r in done]
     later = [r.later_token for r in done if r.l_out > 1]
+    response = [r.latency for r in done]
     out: dict[str, float] = {
         "arrived": float(len(requests)),
         "completed": float(len(done)),
@@ -66,6 +69,8 @@ def summarise(requests: Sequence[Request], warmup_s: float = 0.0) -> dict[str, f
         "per_token_p95_s": float(np.percentile(per_token, 95)) if per_token else math.nan,
         "ttft_s": _mean([r.ttft for r in done]),
         "later_token_s": _mean(later),
+        "response_s": _mean(response),
+        "response_p95_s": float(np.percentile(response, 95)) if response else math.nan,
         "wait_s": _mean([r.wait_s for r in done]),
         "waited_share": _mean([float(r.wait_s > 1e-9) for r in done]),
         "recoveries": float(sum(r.recoveries for r in requests)),

@@ -539,3 +539,152 @@ def run_sweeps(
         plt.close(fig)
     Evaluation(rows, reference="petals").to_csv(output / "sweeps.csv")
     return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# The successor paper's testbed (arXiv 2604.14993, Table I)
+# --------------------------------------------------------------------------------------------------
+#: The scenario equivalent to the successor's PETALS testbed (peers.md section 1.7).
+SUCCESSOR_SCENARIO = "llama7b-mig-ripe"
+#: Its methods as petalgym deciders: (the successor's label, run label, decider, keyword arguments, key
+#: of its reported row or None). The proposed method runs twice: with c* chosen by Theorem 4's lower
+#: bound on petalgym's inputs, and with the c = 35 the testbed chose.
+SUCCESSOR_METHODS: tuple[tuple[str, str, str, dict[str, Any], str | None], ...] = (
+    ("PETALS", "petals", "petals", {}, "petals"),
+    ("BPRR (the paper's method)", "cg-bp-ws-rr", "cg-bp-ws-rr", {}, "cg-bp-ws-rr"),
+    ("JFFC only", "jffc-only", "jffc-only", {}, "jffc-only"),
+    ("GBP-CR + GCA + JFFC (proposed)", "gbp-cr-jffc", "gbp-cr-jffc", {}, "gbp-cr-jffc"),
+    ("proposed, the testbed's c = 35", "gbp-cr-jffc c=35", "gbp-cr-jffc", {"cache_jobs": 35}, "gbp-cr-jffc"),
+)
+#: Its measured means (s) on the testbed: response, waiting and service time per method (Table I, as the
+#: authors' summary reports it; quoted for comparison only).
+SUCCESSOR_TABLE: dict[str, dict[str, float]] = {
+    "petals": {"response_s": 31.4, "wait_s": 24.2, "service_s": 7.2},
+    "cg-bp-ws-rr": {"response_s": 19.8, "wait_s": 12.6, "service_s": 7.2},
+    "jffc-only": {"response_s": 10.0, "wait_s": 1.5, "service_s": 8.5},
+    "gbp-cr-jffc": {"response_s": 7.3, "wait_s": 0.6, "service_s": 6.7},
+}
+#: The model variants run: petalgym's default (the paper's physics: no compute contention) and servers
+#: as FIFO processors of steps (realism.md section 1.2).
+SUCCESSOR_VARIANTS: dict[str, dict[str, Any]] = {"model": {}, "fifo": {"contention": "fifo"}}
+SUCCESSOR_METRICS: dict[str, tuple[str, str]] = {
+    "response_s": ("response", "s"),
+    "response_p95_s": ("response P95", "s"),
+    "wait_s": ("wait", "s"),
+    "per_token_s": ("per-token", "s"),
+    "failed": ("failed", ""),
+}
+
+
+def successor_grid(
+    seeds: Sequence[int],
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Run the successor's four methods on :data:`SUCCESSOR_SCENARIO` in both :data:`SUCCESSOR_VARIANTS`
+    over ``seeds`` (common random numbers: the same trace window per seed for every method)."""
+    specs = [
+        RunSpec(SUCCESSOR_SCENARIO, DeciderSpec(name, dict(kwargs), label), seed, overrides, variant)
+        for variant, overrides in SUCCESSOR_VARIANTS.items()
+        for _, label, name, kwargs, _ in SUCCESSOR_METHODS
+        for seed in seeds
+    ]
+    rows = run_grid(
+        specs, workers=workers, backend=backend, address=address, progress=progress, description="successor"
+    )
+    return Evaluation(rows, reference=PETALS, metrics=dict(SUCCESSOR_METRICS))
+
+
+def successor_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """Per method: the successor's reported means beside ours (mean and 95 % CI over seeds) in each
+    variant, and the reduction of mean response time vs PETALS (ours: the mean of per-seed reductions)."""
+    agg = {(a["setting"], a["decider"]): a for a in evaluation.aggregate()}
+    by_seed: dict[tuple[str, str], dict[int, float]] = {}
+    for r in evaluation.rows:
+        by_seed.setdefault((r["setting"], r["decider"]), {})[r["seed"]] = float(r["response_s"])
+    paper_petals = SUCCESSOR_TABLE[PETALS]["response_s"]
+    out = []
+    for method, decider, _, _, reported in SUCCESSOR_METHODS:
+        paper = SUCCESSOR_TABLE[reported] if reported else {}
+        row: dict[str, Any] = {
+            "method": method,
+            "decider": decider,
+            "paper": dict(paper),
+            "paper_reduction": 1.0 - paper["response_s"] / paper_petals if paper else math.nan,
+        }
+        for variant in SUCCESSOR_VARIANTS:
+            a = agg.get((variant, decider))
+            if a is None:
+                continue
+            ref = by_seed.get((variant, PETALS), {})
+            mine = by_seed.get((variant, decider), {})
+            red = [1.0 - v / ref[s] for s, v in mine.items() if s in ref and ref[s] > 0]
+            row[variant] = {
+                "response_s": a["response_s"],
+                "response_ci95": a["response_s_ci95"],
+                "wait_s": a["wait_s"],
+                "service_s": a["response_s"] - a["wait_s"],
+                "failed": a["failed"],
+                "detail": next(
+                    (
+                        r["detail"]
+                        for r in evaluation.rows
+                        if r["setting"] == variant and r["decider"] == decider
+                    ),
+                    "",
+                ),
+            }
+            row[variant]["reduction"], row[variant]["reduction_ci95"] = (
+                confidence_interval(red) if decider != PETALS else (math.nan, math.nan)
+            )
+        out.append(row)
+    return out
+
+
+SUCCESSOR_COLUMNS = (
+    "method",
+    "paper response / wait / service (s)",
+    "ours: response (s)",
+    "wait / service (s)",
+    "vs PETALS (paper / ours)",
+    "ours, fifo: response (s)",
+)
+
+
+def _successor_cells(row: dict[str, Any]) -> list[str]:
+    p = row["paper"]
+    cells = [row["method"], f"{p['response_s']:.1f} / {p['wait_s']:.1f} / {p['service_s']:.1f}" if p else "-"]
+    mine = row.get("model")
+    if mine is None:
+        return cells + ["-"] * 4
+    red = (
+        "-"
+        if row["decider"] == PETALS
+        else f"{-100 * row['paper_reduction']:.1f} % / "
+        + format_pm(-mine["reduction"], mine["reduction_ci95"], 1, 100, " %")
+    )
+    fifo = row.get("fifo")
+    cells += [
+        format_pm(mine["response_s"], mine["response_ci95"], 2),
+        f"{mine['wait_s']:.2f} / {mine['service_s']:.2f}",
+        red,
+        format_pm(fifo["response_s"], fifo["response_ci95"], 1) if fifo else "-",
+    ]
+    return cells
+
+
+def successor_table(rows: list[dict[str, Any]], seeds: int) -> Table:
+    """A rich table of :func:`successor_rows`."""
+    title = (
+        f"The successor's testbed ({SUCCESSOR_SCENARIO}): its Table I beside petalgym "
+        f"(mean ± 95 % CI over {seeds} seeds)"
+    )
+    return _rich(title, SUCCESSOR_COLUMNS, [_successor_cells(r) for r in rows])
+
+
+def successor_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`successor_rows` as a GitHub markdown table."""
+    return _markdown(SUCCESSOR_COLUMNS, [_successor_cells(r) for r in rows])

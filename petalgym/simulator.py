@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from petalgym.contention import FifoProcessors
+from petalgym.deciders import Enqueue
 from petalgym.errors import DeciderError, UsageError
 from petalgym.perfmodel import Chain, Hop, Placement, TimeModel, chain_errors
 from petalgym.scenario import Scenario, max_blocks_on
@@ -88,7 +89,8 @@ if TYPE_CHECKING:
     _RETRY,
     _TIMEOUT,
     _REBALANCE,
-) = range(11)
+    _QUEUE_TIMEOUT,
+) = range(12)
 
 #: Events at the current instant up to this kind (completions, reservation starts, joins, departures)
 #: are applied before a decision at that instant is asked.
@@ -100,11 +102,12 @@ _PHASE_TOL = 1e-12  # relative: capped retries whose phases differ by less are c
 #: once per kind, so with many kinds (length distributions) the others keep their retry events.
 _MAX_SLEEPER_KINDS = 4
 
-_RUNNING, _WAITING, _ROUTING, _STALLED = (
+_RUNNING, _WAITING, _ROUTING, _STALLED, _QUEUED = (
     RequestStatus.RUNNING,
     RequestStatus.WAITING,
     RequestStatus.ROUTING,
     RequestStatus.STALLED,
+    RequestStatus.QUEUED,
 )
 _ONLINE, _OFFLINE, _LOADING, _DRAINING = (
     ServerStatus.ONLINE,
@@ -306,6 +309,9 @@ class Simulator:
         #: The decider that answers back-off retries (set by :meth:`run`); its retries are skipped only if
         #: its ``pure_route`` is True.
         self.retry_decider: Decider | None = None
+        #: The decider told when a route ends (:meth:`~petalgym.deciders.Decider.route_ended`; set by
+        #: :meth:`run`): central-queue deciders count the jobs on their chains with it.
+        self.route_listener: Decider | None = None
         self.time_model = scenario.memo("TimeModel", lambda: TimeModel(scenario))
         model = scenario.model
         self.num_blocks = model.num_blocks
@@ -352,6 +358,14 @@ class Simulator:
         self._leave_pending = [False] * scenario.num_servers
         self._valid_chains: dict[tuple[Chain, int], bool] = {}
         self._valid_version = -1
+        # central-queue dispatch: FIFO queues of (queue order, request) by the decider's key; the keys
+        # whose heads are offered at the current dispatch opportunity; the request being offered
+        self._queues: dict[Any, deque[tuple[int, Request]]] = {}
+        self._queue_seq = 0
+        self._offers: set[Any] = set()
+        self._offering: Request | None = None
+        self._stuck_offer = -1  # _changes when every head was last offered with nothing else to happen
+        self.enqueued = 0  # Enqueue answers (a request offered and queued again counts again)
         self._draw_workload(np.random.default_rng(wl_ss))
         order = np.random.default_rng(join_ss).permutation(scenario.num_servers)
         self.join_order = [int(j) for j in order]
@@ -409,6 +423,8 @@ class Simulator:
         while not pending:
             if self._next_arrival >= len(self._arr_t) and self.in_flight == 0:
                 return None
+            if self._offers and self._offer_next():
+                continue
             # steps first: a token received at the instant a server leaves counts
             if (
                 fifo is not None
@@ -416,6 +432,9 @@ class Simulator:
                 and (not heap or fifo.heap[0][0] <= heap[0][0])
                 and self._fifo_run(heap[0][0] if heap else math.inf)
             ):
+                continue
+            if not heap and self._queues:
+                self._queues_stuck()
                 continue
             if not heap:
                 raise RuntimeError(
@@ -512,6 +531,9 @@ class Simulator:
             s = self.servers[target]
             if s.version == version and s.status == _ONLINE:
                 self._pending.append(Decision(DecisionKind.REBALANCE, t, server=target))
+        elif kind == _QUEUE_TIMEOUT and target.status == _QUEUED and target.version == version:
+            self._unqueue(target)
+            self._fail(target, "wait_timeout")
 
     # ----------------------------------------------------------------------------------------------
     # Answers
@@ -522,7 +544,12 @@ class Simulator:
             raise RuntimeError("apply() called with no pending decision; call next_decision() first")
         d = self._pending[0]
         if d.kind == DecisionKind.ROUTE:
-            self._apply_route(d.request, answer, who)
+            if type(answer) is Enqueue:
+                self._enqueue(d.request, answer.key, who)
+            else:
+                self._apply_route(d.request, answer, who)
+            if self._offering is d.request:
+                self._offering = None
         elif d.kind == DecisionKind.PLACE:
             self._apply_place(d.server, answer, who, d.initial)
         else:
@@ -543,6 +570,7 @@ class Simulator:
         # scheduled yet (servers come online when the first PLACE decisions are applied below)
         self.rebalance_period_s = decider.rebalance_period_s
         self.retry_decider = decider
+        self.route_listener = decider
         self.view.allocation_delay_s = decider.allocation_delay_s
         view = self.view
         name = decider.name
@@ -564,6 +592,7 @@ class Simulator:
             "moves": self.moves,
             "kept_released": dict(self.kept_released),
             "skipped_retries": self.skipped_retries,
+            "enqueued": self.enqueued,
         }
         return SimulationResult(
             self.scenario.name,
@@ -1132,6 +1161,7 @@ class Simulator:
     def _complete(self, req: Request) -> None:
         if self.fifo is not None:
             self.fifo.stop(req)
+        self._route_ended(req)
         self._release(req)
         req.status = RequestStatus.COMPLETED
         req.tokens_done = req.l_out
@@ -1143,8 +1173,9 @@ class Simulator:
     def _fail(self, req: Request, reason: str) -> None:
         if self.fifo is not None:
             self.fifo.stop(req)
+        self._route_ended(req)
         self._release(req)
-        if req.status in (_WAITING, _ROUTING, _STALLED):
+        if req.status in (_WAITING, _ROUTING, _STALLED, _QUEUED):
             req.wait_s += self.now - req.wait_since
         sleepers = self._sleepers.get(self._sleep_key(req))
         if sleepers is not None and req.id in sleepers.members:  # pragma: no cover - sleepers do not fail
@@ -1171,6 +1202,7 @@ class Simulator:
         if g >= req.l_out:
             self._complete(req)
             return
+        self._route_ended(req)
         if g >= 1 and math.isnan(req.first_token):
             req.first_token = req.t_next
         chain = req.chain
@@ -1195,6 +1227,7 @@ class Simulator:
     def _cancel_reservation(self, req: Request) -> None:
         """``req`` loses its reservation (its kept hops stay held) and is routed again."""
         self._changes += 1
+        self._route_ended(req)
         servers = self.servers
         for h in req.new_hops:
             servers[h.server].unreserve(req.id)
@@ -1241,10 +1274,102 @@ class Simulator:
                 self._cancel_reservation(req)
 
     # ----------------------------------------------------------------------------------------------
+    # Central-queue dispatch
+    # ----------------------------------------------------------------------------------------------
+    def _route_ended(self, req: Request) -> None:
+        """``req``'s route no longer holds a chain: tell the decider, and offer the queues' heads again."""
+        listener = self.route_listener
+        if listener is not None:
+            listener.route_ended(self.view, req)
+        if self._queues:
+            self._offers.update(self._queues)
+
+    def _enqueue(self, req: Request, key: Any, who: str) -> None:
+        """``req`` waits in queue ``key``: at its head again if it was that queue's offered head (the
+        queue then waits for the next opportunity), at the tail otherwise. Its kept hops (a recovery's)
+        stay held for a time not known yet."""
+        try:
+            hash(key)
+        except TypeError:
+            raise DeciderError(
+                f"{who}: Enqueue key for request {req.id} must be hashable, got {key!r}"
+            ) from None
+        req.attempts += 1
+        self.enqueued += 1
+        if self._max_wait is not None and self._out_of_budget(req, self.now):
+            self._fail(req, "wait_timeout")
+            return
+        self._hold_kept_until(req, math.inf)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        offered = self._offering is req
+        if offered and req.queue_key == key:
+            queue.appendleft((req.queue_order, req))
+            self._offers.discard(key)
+        else:
+            self._queue_seq += 1
+            req.queue_key, req.queue_order = key, self._queue_seq
+            queue.append((self._queue_seq, req))
+        req.status = _QUEUED
+        req.chain = ()
+        req.version += 1
+        if self._max_wait is not None:
+            self._push(self._deadline(req), _QUEUE_TIMEOUT, req, req.version)
+
+    def _unqueue(self, req: Request) -> None:
+        """Take queued ``req`` out of its queue (a waiting budget ran out)."""
+        for key, queue in self._queues.items():
+            for entry in queue:
+                if entry[1] is req:
+                    queue.remove(entry)
+                    if not queue:
+                        del self._queues[key]
+                    return
+
+    def _offer_next(self) -> bool:
+        """Offer the earliest-queued head among the queues of this dispatch opportunity to the decider
+        (a pending ROUTE decision); False when no queue is left to offer."""
+        best = None
+        for key in list(self._offers):
+            queue = self._queues.get(key)
+            if not queue:
+                self._offers.discard(key)
+                self._queues.pop(key, None)
+                continue
+            if best is None or queue[0][0] < self._queues[best][0][0]:
+                best = key
+        if best is None:
+            return False
+        order, req = self._queues[best].popleft()
+        if not self._queues[best]:
+            del self._queues[best]
+        req.status = _ROUTING
+        req.queue_key, req.queue_order = best, order
+        self._offering = req
+        self._pending.append(Decision(DecisionKind.ROUTE, self.now, request=req))
+        return True
+
+    def _queues_stuck(self) -> None:
+        """Nothing is left to happen but queued requests: offer every head once more; a decider that
+        keeps them all queued would never be asked again."""
+        if self._stuck_offer != self._changes:
+            self._stuck_offer = self._changes
+            self._offers.update(self._queues)
+            if self._offer_next():
+                return
+        n = sum(len(q) for q in self._queues.values())
+        raise DeciderError(
+            f"{self.route_listener.name if self.route_listener else 'decider'}: {n} request(s) stay "
+            f"queued at t={self.now:.3f}s with nothing running or scheduled that would free a chain"
+        )
+
+    # ----------------------------------------------------------------------------------------------
     # Server life cycle
     # ----------------------------------------------------------------------------------------------
     def _go_online(self, s: ServerState) -> None:
         self._changes += 1
+        self._offers.update(self._queues)
         s.status = _ONLINE
         self.view.placement_version += 1
         if self._churn.enabled and self._churn.lifetime_s is not None and not self._leave_pending[s.id]:
@@ -1303,6 +1428,7 @@ class Simulator:
 
     def _go_offline(self, s: ServerState, reason: str) -> None:
         self._changes += 1
+        self._offers.update(self._queues)
         s.status = _OFFLINE
         s.version += 1
         self._epoch[s.id] += 1
@@ -1381,6 +1507,10 @@ class Simulator:
                     assert (end < math.inf) == (r.status == _ROUTING or reserved) or r.status == _ROUTING, (
                         f"request {r.id} {r.status.name} holds its kept hop on {h.server} until {end}"
                     )
+        queued = [r for q in self._queues.values() for _, r in q]
+        assert len(queued) == len({r.id for r in queued}), "a request sits in two dispatch queues"
+        assert all(r.status == _QUEUED for r in queued), "a dispatch queue holds a request not queued"
+        assert sum(r.status == _QUEUED for r in requests) == len(queued), "a queued request is in no queue"
         assert len(requests) == done + self.in_flight, "arrivals != completed + failed + in flight"
         assert done == len(self.finished)
 

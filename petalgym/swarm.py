@@ -36,6 +36,7 @@ class RequestStatus(IntEnum):
     RUNNING = 3
     COMPLETED = 4
     FAILED = 5
+    QUEUED = 6  # in a client-side dispatch queue (central-queue deciders), offered again at completions
 
 
 class ServerState:
@@ -272,6 +273,8 @@ class Request:
         "l_out",
         "new_hops",
         "plan",
+        "queue_key",
+        "queue_order",
         "recoveries",
         "retries",
         "retry_at",
@@ -320,6 +323,8 @@ class Request:
         self.retry_at = math.nan  # time of the scheduled back-off retry
         self.backoff_anchor = math.nan  # capped back-off: retries at anchor + k x cap
         self.backoff_step = 0  # k of the scheduled capped retry
+        self.queue_key: object = None  # central-queue dispatch: the queue it waits in (or was offered from)
+        self.queue_order = 0  # its place in that queue (earlier first)
         self.version = 0
 
     # derived metrics -------------------------------------------------------------------------------
