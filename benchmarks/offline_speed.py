@@ -8,7 +8,13 @@ PETALS' min-latency chain (:func:`petalgym.baselines.offline_solve.petals_offlin
 also timed apart: the placement (all joins) and the routing, per request. PETALS' exact memos (routing
 graphs, routes, best starts) are emptied before each repetition, so every timing is a cold run.
 
+A second table times the peer deciders (GBP-CR + GCA + JFFC, Helix, Parallax's two routers): their
+planning (``reset``, the whole plan from the scenario; Helix's MILP at ``--helix-time-limit``, with its
+status and gap) and their decision time per decision over a 100-request episode (every server's
+``place`` and every ``route``), on fresh scenarios (no memo shared between the timings).
+
     python benchmarks/offline_speed.py [--sizes 10 30 100 300 1000] [--reps 5] [--requests 100]
+        [--peers gbp-cr-jffc helix parallax parallax-dp] [--helix-time-limit 60]
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from rich.table import Table
 
 from petalgym.baselines.cg import cg_bp_placement, cg_bprr
 from petalgym.baselines.offline_solve import petals_offline, petals_offline_placement, petals_offline_routes
+from petalgym.deciders import make_decider
 from petalgym.offline import OfflineInstance
 from petalgym.scenario import Scenario, scenario_from_dict
+from petalgym.simulator import Simulator
 
 
 def make_scenario(num_servers: int, seed: int = 0) -> Scenario:
@@ -65,12 +73,63 @@ def petals_phases(scenario: Scenario, instance: OfflineInstance, seed: int = 0) 
     return t_place, t_route, chains
 
 
+def peer_times(name: str, num_servers: int, kwargs: dict) -> dict[str, object]:
+    """Planning time (s: the first ``reset`` on a fresh scenario), decider time per decision over a
+    100-request episode on that scenario (ms: the episode's decider time less its own ``reset``, which
+    may reuse what the first one memoised), the decider's description and per-token time."""
+    scenario = make_scenario(num_servers)
+    decider = make_decider(name, **kwargs)
+    t0 = time.perf_counter()
+    decider.reset(scenario, np.random.default_rng(0))
+    plan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decider.reset(scenario, np.random.default_rng(0))
+    again_s = time.perf_counter() - t0
+    result = Simulator(scenario, 0).run(decider)
+    decisions = sum(result.decisions.values())
+    per_decision = max(result.decide_s - again_s, 0.0) / max(decisions, 1)
+    return {
+        "plan_s": plan_s,
+        "per_decision_ms": 1e3 * per_decision,
+        "detail": decider.describe(),
+        "note": getattr(decider, "note", ""),
+        "per_token_s": result.summary()["per_token_s"],
+    }
+
+
+def peer_table(sizes: list[int], names: list[str], helix_time_limit: float) -> Table:
+    table = Table(title="Peer deciders: planning and decision time (one run each)")
+    for col in ("decider", "servers", "plan (s)", "per decision (ms)", "per-token (s)", "plan"):
+        table.add_column(col, justify="right" if col not in ("decider", "plan") else "left")
+    for name in names:
+        kwargs = {"time_limit_s": helix_time_limit} if name == "helix" else {}
+        for n in sizes:
+            t = peer_times(name, n, kwargs)
+            detail = str(t["detail"]) + (f" -- {t['note']}" if t["note"] else "")
+            table.add_row(
+                name,
+                str(n),
+                f"{t['plan_s']:.3f}",
+                f"{t['per_decision_ms']:.3f}",
+                f"{t['per_token_s']:.3f}",
+                detail,
+            )
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--peers", nargs="*", default=["gbp-cr-jffc", "helix", "parallax", "parallax-dp"])
+    ap.add_argument("--helix-time-limit", type=float, default=60.0, help="Helix MILP time limit (s)")
+    ap.add_argument("--no-classic", action="store_true", help="only the peer table")
     args = ap.parse_args(argv)
+    if args.peers:
+        Console(width=200).print(peer_table(args.sizes, args.peers, args.helix_time_limit))
+    if args.no_classic:
+        return
     table = Table(title=f"Offline run time, L = 70, |R| = {args.requests} (median of {args.reps})")
     for col in (
         "servers",
