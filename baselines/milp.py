@@ -216,7 +216,7 @@ def _quiet_stdout(quiet: bool) -> Iterator[None]:
         os.close(saved)
 
 
-def _run(prob: pulp.LpProblem, opts: SolverOptions) -> _Outcome:
+def run_solver(prob: pulp.LpProblem, opts: SolverOptions) -> _Outcome:
     """Solve ``prob`` and report status, objective and best bound in solver-independent terms."""
     tl = opts.time_limit_s
     if isinstance(tl, bool) or not isinstance(tl, (int, float)) or not (tl > 0 and math.isfinite(tl)):
@@ -794,7 +794,7 @@ def solve_milp(
     if start is not None:
         left = time_limit_s - (t2 - t1)
         opts = SolverOptions(name, max(left, 1.0), msg, threads, gap_rel, gap_abs, presolve, start[0])
-    out = _run(model.prob, opts)
+    out = run_solver(model.prob, opts)
     t3 = time.perf_counter()
     if not out.solved:
         what = f"the BPRR MILP ({instance.num_servers} servers, {instance.num_requests} requests)"
@@ -832,7 +832,7 @@ def solve_routing_ilp(
     if str(opts.name).lower() not in SOLVERS:
         raise SolverError(f"milp: unknown solver {opts.name!r} (known: {', '.join(SOLVERS)})")
     model = build_routing_ilp(instance, placement)
-    out = _run(model.prob, opts)
+    out = run_solver(model.prob, opts)
     t1 = time.perf_counter()
     if not out.solved:
         _raise_unsolved(out, opts.name, opts.time_limit_s, "the routing ILP for this placement")
@@ -850,7 +850,7 @@ def lp_relaxation_bound(
 ) -> float:
     """The LP relaxation value of :func:`build_milp`'s model: a lower bound on the BPRR optimum."""
     model = build_milp(instance, symmetry_breaking=symmetry_breaking, revisit_cuts=revisit_cuts, relax=True)
-    out = _run(model.prob, SolverOptions(str(solver).lower(), time_limit_s))
+    out = run_solver(model.prob, SolverOptions(str(solver).lower(), time_limit_s))
     if out.infeasible:
         raise SolverError("milp: the LP relaxation is infeasible, so the instance is infeasible")
     if out.objective is None:

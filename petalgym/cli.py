@@ -180,8 +180,9 @@ def _shipped_agents() -> tuple[str, ...]:
     return ("ppo-routing", "ppo-placement") if importlib.util.find_spec("sb3_contrib") is not None else ()
 
 
-#: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, simple references, and the
-#: shipped learned agents when the `rl` extra is installed).
+#: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, the peer algorithms of
+#: peers.md, simple references, and the shipped learned agents when the `rl` extra is installed); those
+#: that cannot model the scenario are left out with a note.
 DEFAULT_DECIDERS = (
     "petals",
     "petals-opt-order",
@@ -190,6 +191,13 @@ DEFAULT_DECIDERS = (
     "cg-bprr",
     "cg-bp-ws-rr",
     "milp",
+    "gbp-cr-jffc",
+    "gbp-cr-jsq",
+    "gbp-cr-sed",
+    "jffc-only",
+    "helix",
+    "parallax",
+    "parallax-dp",
     "random",
     "round-robin",
     *_shipped_agents(),

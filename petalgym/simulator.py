@@ -924,7 +924,10 @@ class Simulator:
         """Whether a retry of ``req`` now would do anything but back off again (start, reserve, stall,
         fail, or raise): the decider is asked as at a real retry."""
         try:
-            norm = self._normalise_chain(req, self.retry_decider.route(self.view, req), "decider")
+            answer = self.retry_decider.route(self.view, req)
+            if type(answer) is Enqueue:
+                return True  # it would join a queue
+            norm = self._normalise_chain(req, answer, "decider")
         except DeciderError:
             return True
         if norm is None or norm[1]:

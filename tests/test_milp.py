@@ -394,7 +394,7 @@ def test_invalid_fixed_placement_is_rejected() -> None:
 def test_time_limit_without_incumbent_raises(monkeypatch) -> None:
     """The code path, deterministically: the solver stops on time with no incumbent."""
     out = milp._Outcome(False, False, False, None, 1.0, True, {"model_status": "Time limit reached"})
-    monkeypatch.setattr(milp, "_run", lambda prob, opts: out)
+    monkeypatch.setattr(milp, "run_solver", lambda prob, opts: out)
     with pytest.raises(SolverError, match="no feasible solution within 7 s"):
         solve_milp(_small(), "highs", time_limit_s=7, warm_start=False)
 
