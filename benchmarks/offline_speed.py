@@ -108,7 +108,7 @@ def peer_table(sizes: list[int], names: list[str], helix_time_limit: float) -> T
             if name == "helix":  # unpruned, the MILP has ~n^2 links: prune as Helix's AE does (12) above 300
                 kwargs = {"time_limit_s": helix_time_limit} | ({"max_out_links": 12} if n > 300 else {})
             t = peer_times(name, n, kwargs)
-            detail = str(t["detail"]) + (f" -- {t['note']}" if t["note"] else "")
+            detail = str(t["detail"])  # (a decider's describe() includes its note)
             table.add_row(
                 name,
                 str(n),

@@ -579,16 +579,19 @@ SUCCESSOR_METRICS: dict[str, tuple[str, str]] = {
 def successor_grid(
     seeds: Sequence[int],
     *,
+    overrides: dict[str, Any] | None = None,
     workers: int = 1,
     backend: str = "local",
     address: str | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Run the successor's four methods on :data:`SUCCESSOR_SCENARIO` in both :data:`SUCCESSOR_VARIANTS`
-    over ``seeds`` (common random numbers: the same trace window per seed for every method)."""
+    over ``seeds`` (common random numbers: the same trace window per seed for every method); ``overrides``
+    (dotted scenario paths) apply to every run, e.g. a shorter window."""
+    extra = dict(overrides or {})
     specs = [
-        RunSpec(SUCCESSOR_SCENARIO, DeciderSpec(name, dict(kwargs), label), seed, overrides, variant)
-        for variant, overrides in SUCCESSOR_VARIANTS.items()
+        RunSpec(SUCCESSOR_SCENARIO, DeciderSpec(name, dict(kwargs), label), seed, {**extra, **over}, variant)
+        for variant, over in SUCCESSOR_VARIANTS.items()
         for _, label, name, kwargs, _ in SUCCESSOR_METHODS
         for seed in seeds
     ]

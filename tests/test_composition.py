@@ -216,3 +216,25 @@ def test_per_chain_queues_bind_each_job_to_one_chain():
     assert len(decider.chains) > 1
     seen = {r.first_chain for r in result.requests}
     assert len(seen) > 1  # SED spreads jobs over several chains
+
+
+def test_successor_rows_put_ours_beside_the_papers_table():
+    from petalgym import reproduce as rp
+
+    evaluation = rp.successor_grid(range(2), overrides={"workload.trace.duration_s": 60.0}, progress=False)
+    rows = rp.successor_rows(evaluation)
+    assert [r["decider"] for r in rows] == [label for _, label, _, _, _ in rp.SUCCESSOR_METHODS]
+    by = {r["decider"]: r for r in rows}
+    assert by["gbp-cr-jffc"]["paper"]["response_s"] == 7.3
+    assert by["gbp-cr-jffc"]["paper_reduction"] == pytest.approx(1 - 7.3 / 31.4)
+    for r in rows:
+        for variant in rp.SUCCESSOR_VARIANTS:
+            mine = r[variant]
+            assert mine["response_s"] > 0 and mine["service_s"] == pytest.approx(
+                mine["response_s"] - mine["wait_s"]
+            )
+    assert "c=35" in by["gbp-cr-jffc c=35"]["model"]["detail"]
+    # the proposed plan on petalgym's inputs is the whole-model plan: the same episodes as jffc-only
+    assert by["gbp-cr-jffc"]["model"]["response_s"] == pytest.approx(by["jffc-only"]["model"]["response_s"])
+    text = rp.successor_markdown(rows)
+    assert text.count("\n") == len(rows) + 2 and "31.4 / 24.2 / 7.2" in text
