@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from petalgym.deciders import Decider, Route
 from petalgym.perfmodel import Placement, shortest_chain
 from petalgym.scenario import ModelSpec, Scenario, max_blocks_on, scenario_from_dict
+from petalgym.simulator import DecisionKind, Simulator
 from petalgym.swarm import Request, ServerStatus, SwarmView
 
 BLOCK_GB = 1.0
@@ -238,3 +239,12 @@ class RandomFeasibleDecider(Decider):
         if self.rng.random() < self.move_prob:
             return self._placement(view, server)
         return None
+
+
+def placed_simulator(sc: Scenario, decider: Decider, seed: int = 0) -> Simulator:
+    """A simulator whose initial servers are placed by ``decider``; stops at the first ROUTE decision."""
+    sim = Simulator(sc, seed)
+    decider.reset(sc, sim.decider_rng)
+    while (d := sim.next_decision()) is not None and d.kind == DecisionKind.PLACE:
+        sim.apply(decider.place(sim.view, d.server))
+    return sim

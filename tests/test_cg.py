@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import placed_simulator
 
 from petalgym import load_scenario, make_decider, simulate
 from petalgym.baselines.cg import (
@@ -23,7 +24,7 @@ from petalgym.errors import DeciderError, SolverError
 from petalgym.offline import OfflineInstance, evaluate
 from petalgym.perfmodel import Hop, Placement, TimeModel, shortest_chain
 from petalgym.scenario import with_workload
-from petalgym.simulator import DecisionKind, Simulator
+from petalgym.simulator import Simulator
 from petalgym.swarm import Request
 
 
@@ -253,15 +254,6 @@ def test_design_num_sessions_trace_uses_its_mean_rate(tmp_path, clustered):
     assert design_num_sessions(slow) == 1
 
 
-def _placed(sc, decider, seed=0) -> Simulator:
-    """A simulator whose initial servers are placed by ``decider``; stops at the first ROUTE decision."""
-    sim = Simulator(sc, seed)
-    decider.reset(sc, sim.decider_rng)
-    while (d := sim.next_decision()) is not None and d.kind == DecisionKind.PLACE:
-        sim.apply(decider.place(sim.view, d.server))
-    return sim
-
-
 def _request(sc, rid=10_000, client=0, l_in=20, l_out=128) -> Request:
     return Request(rid, client, 0.0, l_in, l_out, sc.model.session_bytes(l_in, l_out))
 
@@ -270,7 +262,7 @@ def test_ws_rr_is_the_shortest_chain_on_an_empty_swarm(clustered):
     for loc in (0, 1, 2):
         sc = load_scenario("clustered-9", {"clients.0.location": loc})
         dec = CGBPWSRRDecider()
-        sim = _placed(sc, dec)
+        sim = placed_simulator(sc, dec)
         view = sim.view
         for l_out in (16, 128):
             req = _request(sc, l_out=l_out)
@@ -299,7 +291,7 @@ def _ws_cost(view, req, chain) -> float:
 
 def test_ws_rr_avoids_a_full_server_only_when_waiting_costs_more(clustered):
     dec = CGBPWSRRDecider()
-    sim = _placed(clustered, dec)
+    sim = placed_simulator(clustered, dec)
     view, req = sim.view, _request(clustered)
     fast = dec.route(view, req).chain
     assert fast[0].server in (0, 1)  # the A100s carry the zero-wait chain
@@ -315,7 +307,7 @@ def test_ws_rr_avoids_a_full_server_only_when_waiting_costs_more(clustered):
     assert _ws_cost(view, req, chain) == pytest.approx(best)
     # a short wait is cheaper than the detour: WS-RR keeps the fast chain
     dec2 = CGBPWSRRDecider()
-    sim2 = _placed(clustered, dec2)
+    sim2 = placed_simulator(clustered, dec2)
     _fill(sim2, full, busy_for=0.5)
     assert dec2.route(sim2.view, req).chain == fast
 
@@ -328,7 +320,7 @@ def test_ws_rr_avoids_a_full_server_only_when_waiting_costs_more(clustered):
 def test_ws_rr_matches_brute_force_under_random_load(busy, loc):
     sc = load_scenario("clustered-9", {"clients.0.location": loc})
     dec = CGBPWSRRDecider()
-    sim = _placed(sc, dec)
+    sim = placed_simulator(sc, dec)
     for k, (j, share, dur) in enumerate(busy):
         s = sim.servers[j]
         b = int((s.cache_capacity - s.used_bytes) * share)
@@ -342,7 +334,7 @@ def test_ws_rr_matches_brute_force_under_random_load(busy, loc):
 
 def test_recovery_routes_the_suffix(clustered):
     for dec in (CGBPWSRRDecider(), CGBPRRDecider()):
-        sim = _placed(clustered, dec)
+        sim = placed_simulator(clustered, dec)
         req = _request(clustered)
         req.route_from, req.tokens_done, req.history_tokens = 30, 5, 25
         route = dec.route(sim.view, req)

@@ -8,7 +8,7 @@ import itertools
 from collections import Counter
 
 import pytest
-from strategies import gpu_profile
+from strategies import gpu_profile, placed_simulator
 
 from petalgym.baselines.helix import (
     IWRR,
@@ -27,7 +27,7 @@ from petalgym.deciders import Route, make_decider
 from petalgym.errors import DeciderError, SolverError
 from petalgym.perfmodel import Hop
 from petalgym.scenario import load_scenario, scenario_from_dict
-from petalgym.simulator import DecisionKind, Simulator
+from petalgym.simulator import Simulator
 from petalgym.swarm import Request, RequestStatus
 
 KNOWN_FAILURES = {"no_chain", "wait_timeout", "exceeds_capacity"}
@@ -162,13 +162,6 @@ def test_iwrr_masks_links_below_5_percent_and_by_callback():
 # --------------------------------------------------------------------------------------------------
 # The decider on the example
 # --------------------------------------------------------------------------------------------------
-def _placed(sc, decider, seed=0) -> Simulator:
-    """A simulator whose servers are placed by ``decider``; stops at the first ROUTE decision."""
-    sim = Simulator(sc, seed)
-    decider.reset(sc, sim.decider_rng)
-    while (d := sim.next_decision()) is not None and d.kind == DecisionKind.PLACE:
-        sim.apply(decider.place(sim.view, d.server))
-    return sim
 
 
 def _request(sc, rid, route_from=0) -> Request:
@@ -186,7 +179,7 @@ def _branch(route: Route) -> int:
 def test_decider_places_the_optimum_and_splits_25_to_2():
     sc = toy()
     d = HelixDecider(time_limit_s=30)
-    sim = _placed(sc, d)
+    sim = placed_simulator(sc, d)
     assert d.plan.flow == 27 and _shares_b_and_c(d.plan.placements)
     assert d.scheduler(sim.view).graph.value == 27
     routes = [d.route(sim.view, _request(sc, i)) for i in range(54)]
@@ -199,7 +192,7 @@ def test_decider_places_the_optimum_and_splits_25_to_2():
 def test_decider_never_uses_a_5_percent_link():
     sc = toy(11.0)
     d = HelixDecider(time_limit_s=30)
-    sim = _placed(sc, d)
+    sim = placed_simulator(sc, d)
     assert d.plan.flow == 26
     assert {_branch(d.route(sim.view, _request(sc, i))) for i in range(60)} == {B}
 
@@ -207,7 +200,7 @@ def test_decider_never_uses_a_5_percent_link():
 def test_dead_end_charges_nothing_and_backs_off():
     sc = toy()
     d = HelixDecider(time_limit_s=30)
-    sim = _placed(sc, d)
+    sim = placed_simulator(sc, d)
     servers = sim.servers
     branch_node = A if d.plan.placements[A].start == 0 else SOURCE
     iw = d.scheduler(sim.view).iwrr[branch_node]
@@ -225,7 +218,7 @@ def test_dead_end_charges_nothing_and_backs_off():
 def test_recovery_routes_from_route_from():
     sc = toy()
     d = HelixDecider(time_limit_s=30)
-    sim = _placed(sc, d)
+    sim = placed_simulator(sc, d)
     route = d.route(sim.view, _request(sc, 0, route_from=1))
     assert route.chain[0].start == 1 and route.chain[-1].end == 2
     assert sim.view.chain_error(route.chain, 1) is None
