@@ -548,13 +548,16 @@ def run_sweeps(
 SUCCESSOR_SCENARIO = "llama7b-mig-ripe"
 #: Its methods as petalgym deciders: (the successor's label, run label, decider, keyword arguments, key
 #: of its reported row or None). The proposed method runs twice: with c* chosen by Theorem 4's lower
-#: bound on petalgym's inputs, and with the c = 35 the testbed chose.
+#: bound on petalgym's inputs, and with the c = 35 the testbed chose; Helix and Parallax run beside them
+#: on the same testbed (the successor does not compare them).
 SUCCESSOR_METHODS: tuple[tuple[str, str, str, dict[str, Any], str | None], ...] = (
     ("PETALS", "petals", "petals", {}, "petals"),
     ("BPRR (the paper's method)", "cg-bp-ws-rr", "cg-bp-ws-rr", {}, "cg-bp-ws-rr"),
     ("JFFC only", "jffc-only", "jffc-only", {}, "jffc-only"),
     ("GBP-CR + GCA + JFFC (proposed)", "gbp-cr-jffc", "gbp-cr-jffc", {}, "gbp-cr-jffc"),
     ("proposed, the testbed's c = 35", "gbp-cr-jffc c=35", "gbp-cr-jffc", {"cache_jobs": 35}, "gbp-cr-jffc"),
+    ("Helix (not in the successor's table)", "helix", "helix", {}, None),
+    ("Parallax (not in the successor's table)", "parallax", "parallax", {}, None),
 )
 #: Its measured means (s) on the testbed: response, waiting and service time per method (Table I, as the
 #: authors' summary reports it; quoted for comparison only).
@@ -663,11 +666,11 @@ def _successor_cells(row: dict[str, Any]) -> list[str]:
     mine = row.get("model")
     if mine is None:
         return cells + ["-"] * 4
+    paper_red = "-" if math.isnan(row["paper_reduction"]) else f"{-100 * row['paper_reduction']:.1f} %"
     red = (
         "-"
         if row["decider"] == PETALS
-        else f"{-100 * row['paper_reduction']:.1f} % / "
-        + format_pm(-mine["reduction"], mine["reduction_ci95"], 1, 100, " %")
+        else f"{paper_red} / " + format_pm(-mine["reduction"], mine["reduction_ci95"], 1, 100, " %")
     )
     fifo = row.get("fifo")
     cells += [
