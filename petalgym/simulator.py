@@ -387,6 +387,10 @@ class Simulator:
         self._arr_client = [int(x) for x in client]
         self._next_arrival = 0
 
+    def arrivals(self) -> list[tuple[float, int, int, int]]:
+        """(arrival time s, l_in, l_out, client) of every request this episode brings, in order."""
+        return list(zip(self._arr_t, self._arr_in, self._arr_out, self._arr_client, strict=True))
+
     @property
     def num_arrivals_planned(self) -> int:
         """How many requests this episode will bring in total."""
