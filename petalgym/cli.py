@@ -362,7 +362,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         grid.combined().to_csv(out / "paper_grid.csv"),
         _write(out / "paper_cells.md", rp.paper_cell_markdown(cells)),
         _write(out / "paper_comparison.md", rp.comparison_markdown(rows)),
-        _write(out / "paper_comparison.json", json.dumps(payload, indent=1, default=str)),
         grid.defaults.plot(out / "paper_grid.png", title="per-token time, paper grid (petalgym defaults)"),
     ]
     if not args.no_successor:
@@ -373,8 +372,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         paths += [
             successor.to_csv(out / "successor.csv"),
             _write(out / "successor.md", rp.successor_markdown(srows)),
-            _write(out / "paper_comparison.json", json.dumps(payload, indent=1, default=str)),
         ]
+    paths.append(_write(out / "paper_comparison.json", json.dumps(payload, indent=1, default=str)))
     if args.sweeps:
         paths += list(rp.run_sweeps(seeds, out, **common).values())
     console.print("written: " + ", ".join(str(p) for p in paths))
