@@ -12,8 +12,11 @@ from petalgym.errors import DeciderError, InfeasibleScenarioError, PetalgymError
 from petalgym.perfmodel import Chain, Hop, Placement, TimeModel
 from petalgym.scenario import Scenario, list_scenarios, load_scenario
 from petalgym.simulator import Decision, DecisionKind, SimulationResult, Simulator, simulate
+from petalgym.tasks import Task, get_task, list_tasks, make_task
+from petalgym.tasks import register_tasks as _register_tasks
 
 _register_envs()  # PetalAlloc-v0, PetalPlacement-v0, PetalRouting-v0 (gym.make after import petalgym)
+_register_tasks()  # petalgym/<Task>-v0 of petalgym.tasks
 
 __version__ = "0.1.0"
 
@@ -33,11 +36,15 @@ __all__ = [
     "SimulationResult",
     "Simulator",
     "SolverError",
+    "Task",
     "TimeModel",
     "decider_names",
+    "get_task",
     "list_scenarios",
+    "list_tasks",
     "load_scenario",
     "make_decider",
+    "make_task",
     "register_decider",
     "simulate",
 ]

@@ -82,6 +82,86 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from petalgym.tasks import list_tasks
+
+    table = Table(title="petalgym-bench tasks (gym.make(id) or petalgym.tasks.make_task(name))")
+    for col in ("id", "scenario", "control", "seeds train / val / test"):
+        table.add_column(col, overflow="fold")
+    for t in list_tasks():
+        seeds = " / ".join(
+            f"{r.start}-{r.stop - 1}" for r in (t.train_seeds, t.validation_seeds, t.test_seeds)
+        )
+        table.add_row(t.id, t.scenario, t.control, seeds)
+    console.print(table)
+    for t in list_tasks():
+        console.print(f"{t.name}: {t.description}", highlight=False)
+    return 0
+
+
+def _seed_range(text: str | None, what: str) -> range | None:
+    """``"200-204"`` -> range(200, 205); None stays None."""
+    if text is None:
+        return None
+    lo, dash, hi = str(text).partition("-")
+    try:
+        first, last = int(lo), int(hi) if dash else int(lo)
+    except ValueError:
+        raise PetalgymError(f"--{what}-seeds {text!r}: expected FIRST-LAST, e.g. 200-204") from None
+    if first < 0 or last < first:
+        raise PetalgymError(f"--{what}-seeds {text!r}: expected 0 <= FIRST <= LAST")
+    return range(first, last + 1)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from petalgym.bench import bench
+    from petalgym.evaluation import _nan_to_none, format_pm
+    from petalgym.tasks import get_task
+
+    task = get_task(args.task)
+    out = Path(args.json) if args.json else None
+    if out is not None and out.exists() and out.is_dir():
+        raise PetalgymError(f"--json {out}: is a directory")
+    result = bench(
+        task,
+        test_seeds=_seed_range(args.test_seeds, "test"),
+        train_seeds=_seed_range(args.train_seeds, "train"),
+        validation_seeds=_seed_range(args.validation_seeds, "validation"),
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    table = Table(title=f"{task.id}: {task.metric} on test seeds (bound {result['bound']:.4g})")
+    for col in ("decider", "kind", "mean ± 95 % CI", "failed", "normalised", "tuned args"):
+        table.add_column(col)
+    norm = result.get("normalised", {})
+    for label, d in result["deciders"].items():
+        n = norm.get(label, float("nan"))
+        table.add_row(
+            label,
+            d["kind"],
+            format_pm(d["mean"], d["ci95"]),
+            f"{d['failed']:.1f}",
+            "-" if n != n else f"{n:.3f}",
+            ", ".join(f"{k}={v}" for k, v in d.get("args", {}).items()),
+        )
+    console.print(table)
+    for label, reason in result["left_out"].items():
+        console.print(f"left out: {label}: {reason}", highlight=False)
+    if "headroom" in result:
+        val = result["validation"]
+        console.print(
+            f"reference: {result['reference']}; headroom (validation seeds): {100 * result['headroom']:.1f} %"
+            f" (reference {val['reference_mean']:.4g} vs bound {val['bound']:.4g})"
+        )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_nan_to_none(result), indent=1))
+        console.print(f"written: {out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from petalgym import catalog
     from petalgym.perfmodel import petals_cache_bytes_per_block
@@ -468,6 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scenarios", help="list the built-in scenarios")
     p.set_defaults(func=cmd_scenarios)
+
+    p = sub.add_parser("tasks", help="list the petalgym-bench tasks")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("bench", help="a task's reference scores: baselines, tuned baselines, random, bound")
+    p.add_argument("--task", required=True, help="task name or id (see `petalgym tasks`)")
+    p.add_argument("--json", help="also write the result as JSON to this file")
+    p.add_argument("--test-seeds", help="FIRST-LAST instead of the task's test seeds (a quick look)")
+    p.add_argument("--train-seeds", help="FIRST-LAST instead of the task's train seeds")
+    p.add_argument("--validation-seeds", help="FIRST-LAST instead of the task's validation seeds")
+    p.add_argument("--workers", type=_SEED, default=1, help="processes (0: all cores; default 1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     from petalgym import catalog
 

@@ -1,0 +1,113 @@
+"""petalgym-bench tasks and their reference scores: registry, Gymnasium ids, the bench protocol, and that
+every task's bound lies below every baseline on its validation seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import pytest
+
+from petalgym.bench import bench, grid_points
+from petalgym.bounds import alone_bound
+from petalgym.deciders import make_decider
+from petalgym.errors import PetalgymError, UsageError
+from petalgym.simulator import simulate
+from petalgym.tasks import get_task, list_tasks, make_task
+
+
+def test_tasks_are_named_versioned_and_split_into_disjoint_seeds():
+    tasks = list_tasks()
+    assert len(tasks) >= 6
+    assert len({t.id for t in tasks}) == len(tasks)
+    controls = {t.control for t in tasks}
+    assert {"routing", "joint"} <= controls
+    for t in tasks:
+        assert t.id == f"petalgym/{t.name}-v{t.version}"
+        splits = [set(t.train_seeds), set(t.validation_seeds), set(t.test_seeds)]
+        assert all(splits) and not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
+        assert t.load_scenario().name == t.scenario
+
+
+@pytest.mark.parametrize("name", ["PaperClustered", "ChurnScattered", "SuccessorTestbed"])
+def test_gym_make_builds_the_tasks_environment(name):
+    task = get_task(name)
+    env = gym.make(task.id)
+    obs, _ = env.reset(seed=0)
+    inner = env.unwrapped
+    assert inner.scenario.name == task.scenario and inner.codec.control == task.control
+    assert env.observation_space.contains(obs)
+    direct = make_task(name)
+    assert direct.scenario.name == task.scenario
+    env.close()
+
+
+def test_task_lookup_and_fixed_arguments_give_clear_errors():
+    assert get_task("petalgym/PaperClustered-v0") is get_task("PaperClustered")
+    with pytest.raises(UsageError, match="unknown task 'Nope' \\(known: PaperClustered"):
+        get_task("Nope")
+    with pytest.raises(UsageError, match="fixes 'control'"):
+        make_task("PaperClustered", control="routing")
+
+
+def test_grid_points_enumerate_every_combination():
+    assert grid_points({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+
+
+def test_bench_follows_the_protocol():
+    task = get_task("PaperClustered")
+    result = bench(task, test_seeds=[200, 201], train_seeds=[0], validation_seeds=[100])
+    assert result["task"] == task.id and result["metric"] == "per_token_s"
+    deciders = result["deciders"]
+    kinds = {d["kind"] for d in deciders.values()}
+    assert kinds == {"random", "baseline", "tuned-baseline"}
+    for d in deciders.values():
+        assert {"kind", "mean", "ci95", "failed"} <= set(d)
+        assert d["seeds"] == 2
+        assert result["bound"] <= d["mean"] + 1e-9
+    assert result["normalised"]["random"] == 0.0
+    assert result["normalised"][result["reference"]] == pytest.approx(1.0)
+    # the tuned point is the grid's best on the train seeds
+    for name, points in result["grid"].items():
+        best = min(points, key=lambda p: (p["train_failed"], p["train_mean"]))
+        assert deciders[f"{name} tuned"]["args"] == best["args"]
+    assert "gbp-cr-jffc" in result["left_out"]  # it cannot plan 2 requests/s on clustered-9
+    assert 0.0 <= result["headroom"] < 1.0
+    json.dumps(result)  # JSON-ready (NaN aside, which the CLI writes as null)
+
+
+@pytest.mark.parametrize("task", [t.name for t in list_tasks()])
+def test_each_tasks_bound_is_below_every_baseline_on_its_validation_seeds(task):
+    t = get_task(task)
+    scenario = t.load_scenario()
+    seed = t.validation_seeds[0]
+    bound = alone_bound(scenario, seed)
+    compared = 0
+    for name in t.baselines:
+        decider = make_decider(name)
+        try:
+            check = getattr(decider, "check_scenario", None)
+            if check is not None:
+                check(scenario)
+        except PetalgymError:
+            continue
+        summary = simulate(scenario, decider, seed).summary()
+        if summary["failed"] == 0 and not math.isnan(summary[t.metric]):
+            assert getattr(bound, t.metric) <= summary[t.metric] + 1e-9, name
+            compared += 1
+    assert compared >= 3
+
+
+def test_cli_lists_tasks_and_rejects_bad_bench_arguments(tmp_path, capsys):
+    from petalgym.cli import main
+
+    assert main(["tasks"]) == 0
+    assert "ZoneShocks: Llama-3.1-405B" in capsys.readouterr().out
+    assert main(["bench", "--task", "Nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task 'Nope'") and err.count("\n") == 1
+    out = tmp_path / "b.json"
+    assert main(["bench", "--task", "PaperClustered", "--test-seeds", "5-2", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--test-seeds '5-2'" in err and "Traceback" not in err and not out.exists()
