@@ -15,6 +15,10 @@ Mechanics (see the README's "Simulator" section):
   (a reservation that later requests may not delay) or, PETALS-style, retries after 1, 2, 4, ... s, each
   wait capped at ``simulation.backoff_cap_s`` (capped retries fall at anchor + k x cap), routed again
   each time;
+* a decider may instead keep a request in a client-side FIFO queue (:class:`~petalgym.deciders.Enqueue`,
+  central-queue dispatch: JFFC and its alternatives); the heads of the queues are offered to it again at
+  every dispatch opportunity (a route ended, a server came or went), earliest-queued first, and
+  :meth:`~petalgym.deciders.Decider.route_ended` tells it when a job leaves its chain;
 * with churn, each server alternates lifetime / downtime; a failure interrupts its sessions at once, a
   departure stops new sessions and interrupts what is left after ``drain_timeout_s``. Every departure at
   one instant is applied before any decision at that instant is asked. An interrupted session keeps its

@@ -1,0 +1,88 @@
+"""The petalgym-bench task table: per task its bound, the best default and best tuned baselines, random,
+and the headroom (best tuned - bound) / best tuned on the validation seeds, each from
+:func:`petalgym.bench.bench` on the task's own seeds. Writes one JSON per task (``--output``) and, with
+``--markdown``, the table as markdown.
+
+    python benchmarks/bench_tasks.py [--tasks PaperClustered ...] [--output results/bench] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from petalgym.bench import bench
+from petalgym.evaluation import _nan_to_none, format_pm
+from petalgym.tasks import get_task, list_tasks
+
+COLUMNS = (
+    "task",
+    "control",
+    "bound",
+    "best default",
+    "best tuned (reference)",
+    "random",
+    "headroom",
+    "left out",
+)
+
+
+def row(result: dict) -> list[str]:
+    task = get_task(result["task"])
+    deciders = result["deciders"]
+    defaults = {k: v for k, v in deciders.items() if v["kind"] == "baseline" and not math.isnan(v["mean"])}
+    best_default = min(defaults, key=lambda k: (defaults[k]["failed"], defaults[k]["mean"]))
+    ref = result.get("reference")
+
+    def cell(label: str) -> str:
+        d = deciders[label]
+        return f"{label}: {format_pm(d['mean'], d['ci95'])}" + (
+            f" ({d['failed']:.0f} failed)" if d["failed"] else ""
+        )
+
+    return [
+        task.id,
+        task.control,
+        f"{result['bound']:.3f}",
+        cell(best_default),
+        cell(ref) if ref else "-",
+        cell("random"),
+        f"{100 * result['headroom']:.1f} %" if "headroom" in result else "-",
+        ", ".join(result["left_out"]) or "-",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="*", default=[t.name for t in list_tasks()])
+    ap.add_argument("--output", type=Path, default=Path("results/bench"))
+    ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.tasks:
+        task = get_task(name)
+        result = bench(task, workers=args.workers, progress=False)
+        (args.output / f"{task.name}.json").write_text(json.dumps(_nan_to_none(result), indent=1))
+        rows.append(row(result))
+        Console().print(f"{task.id}: done", highlight=False)
+    table = Table(title=f"petalgym-bench tasks: {get_task(args.tasks[0]).metric} on the test seeds")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=200).print(table)
+    if args.markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * 5 + "---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
