@@ -21,7 +21,7 @@ from petalgym.scenario import PetalsConstants, SimulationSettings, Trace, load_s
 
 ROOT = Path(petalgym.__file__).parent
 #: Modules that compose the layers (they may import baselines and agents).
-COMPOSERS = {"cli.py", "reproduce.py", "distributed.py", "__init__.py", "__main__.py"}
+COMPOSERS = {"cli.py", "reproduce.py", "distributed.py", "tasks.py", "bench.py", "__init__.py", "__main__.py"}
 FORBIDDEN = ("petalgym.baselines", "petalgym.agents", "petalgym.envs")
 
 
