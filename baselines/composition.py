@@ -37,6 +37,7 @@ from petalgym.perfmodel import (
     TimeModel,
     cache_slots,
     remaining_lengths,
+    session_capacity,
     shortest_chain,
 )
 from petalgym.queueing import chain_response_bounds
@@ -105,7 +106,9 @@ class ServerCosts:
         return np.array(self.memory, dtype=np.int64), np.array(self.max_blocks, dtype=np.int64)
 
     def block_counts(self, cache_jobs: int) -> np.ndarray:
-        """m_j(c) = min(floor(M_j / (s_m + s_c c)), cap_j) for every server (int array)."""
+        """m_j(c) = min(floor(M_j / (s_m + s_c c)), cap_j) for every server (int array): CG-BPRR's
+        :func:`~petalgym.perfmodel.conservative_num_blocks` with |R| = c, vectorised over servers because
+        the search for c* evaluates it for every c up to c_max (thousands)."""
         memory, caps = self._memory_and_caps
         return np.minimum(memory // (self.block_bytes + self.cache_bytes * int(cache_jobs)), caps)
 
@@ -490,18 +493,13 @@ class ChainCompositionDecider(Decider):
         self._used = frozenset(j for ch in chains for j in ch.servers)
         self._chain_hops = [ch.hops for ch in chains]
         self._capacity = [ch.capacity for ch in chains]
-        # job time of each chain for each client, at the mean lengths
+        # job time of each chain for each client at the mean lengths: T_c(p) without the initial delay
         l_in, l_out = workload_lengths(scenario)
         tm = scenario.memo("TimeModel", lambda: TimeModel(scenario))
-        self._rates = []
-        for client in range(scenario.num_clients):
-            fixed, per_block = tm.hop_costs(client, l_in, l_out)
-            self._rates.append(
-                [
-                    1.0 / sum(fixed[h.server] + per_block[h.server] * h.blocks for h in ch.hops)
-                    for ch in chains
-                ]
-            )
+        self._rates = [
+            [1.0 / (tm.request_time(ch.hops, client, l_in, l_out) - tm.initial_delay) for ch in chains]
+            for client in range(scenario.num_clients)
+        ]
         self._running = [0] * len(chains)
         self._queued = [0] * len(chains)
         self._on: dict[int, int] = {}  # request id -> chain it was dispatched on
@@ -519,7 +517,7 @@ class ChainCompositionDecider(Decider):
             chains = []
             for j in range(costs.num_servers):
                 if costs.max_blocks[j] >= L:
-                    cap = costs.slots(j, L) // L
+                    cap = session_capacity(costs.memory[j], L, costs.block_bytes, costs.cache_bytes)
                     if cap >= 1:
                         chains.append(
                             ComposedChain((Hop(j, 0, L),), int(cap), costs.comm[j] + costs.compute[j] * L)

@@ -1329,14 +1329,12 @@ class Simulator:
             self._push(self._deadline(req), _QUEUE_TIMEOUT, req, req.version)
 
     def _unqueue(self, req: Request) -> None:
-        """Take queued ``req`` out of its queue (a waiting budget ran out)."""
-        for key, queue in self._queues.items():
-            for entry in queue:
-                if entry[1] is req:
-                    queue.remove(entry)
-                    if not queue:
-                        del self._queues[key]
-                    return
+        """Take queued ``req`` out of its queue (``req.queue_key``: a waiting budget ran out)."""
+        key = req.queue_key
+        queue = self._queues[key]
+        queue.remove((req.queue_order, req))
+        if not queue:
+            del self._queues[key]
 
     def _offer_next(self) -> bool:
         """Offer the earliest-queued head among the queues of this dispatch opportunity to the decider

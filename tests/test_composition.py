@@ -242,3 +242,15 @@ def test_successor_rows_put_ours_beside_the_papers_table(monkeypatch):
     assert by["parallax"]["paper"] == {} and by["parallax"]["model"]["response_s"] > 0
     text = rp.successor_markdown(rows)
     assert text.count("\n") == len(rows) + 2 and "31.4 / 24.2 / 7.2" in text
+
+
+def test_block_counts_are_cg_bprrs_conservative_counts():
+    from petalgym.perfmodel import conservative_num_blocks
+
+    costs = server_costs(load_scenario("llama70b-mixed-spot"))
+    for c in (1, 7, 35, 400):
+        expected = [
+            conservative_num_blocks(m, costs.block_bytes, costs.cache_bytes, c, costs.num_blocks, cap)
+            for m, cap in zip(costs.memory, costs.max_blocks, strict=True)
+        ]
+        assert costs.block_counts(c).tolist() == expected
