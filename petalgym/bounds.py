@@ -10,10 +10,26 @@ client's RTTs). Hub-and-spoke timing does not depend on the order of the hops, s
 knapsack over servers, solved exactly by dynamic programming over the number of blocks covered.
 Waiting, contention, churn and recoveries only add time, so the mean over an episode's requests of this
 time (over l_out: per-token) bounds the mean of every decider that completes them all.
+
+**Memory capacity** (bench-design.md, bound 2). A running session holds exactly L s_c bytes of attention
+cache over its chain (every block is processed once), from its admission to its last token, so at least
+T_r (its alone time) seconds; the swarm's cache memory is at most B = sum_j M_j - s_m L at any moment a
+session runs (every block is placed at least once), whatever the placement and churn. Give every
+request r a job of volume V_r = L s_c,r T_r byte-seconds on one machine of rate B bytes, released at its
+arrival. Any policy's schedule is then a (fractional) schedule of that machine in which r's first V_r
+of volume is done in [S_r, S_r + T_r], with mean busy time M_r = S_r + T_r / 2 <= C_r - T_r / 2 (C_r its
+finish). Goemans' mean-busy-time relaxation: the preemptive WSPT schedule (at every moment the released
+job of largest w_r / p_r, p_r = V_r / B) minimises sum_r w_r M_r over all such schedules, so
+sum_r w_r (C_r - a_r) >= sum_r w_r (M_r^WSPT + T_r / 2 - a_r), with w_r = 1 / l_out (per-token) or 1
+(response). Tight under overload, where the alone bound is loose; the task's bound is the larger one.
+Both bound the mean over the requests that count (arrivals after the warm-up; the others are dropped
+from the relaxation, which can only lower its optimum) of an episode that completes every request.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +38,15 @@ import numpy as np
 from petalgym.perfmodel import TimeModel
 from petalgym.scenario import Scenario, max_blocks_on
 
-__all__ = ["AloneBound", "alone_bound", "best_chain_time"]
+__all__ = [
+    "AloneBound",
+    "EpisodeBound",
+    "alone_bound",
+    "best_chain_time",
+    "capacity_bound",
+    "episode_bound",
+    "wspt_mean_busy_times",
+]
 
 
 def best_chain_time(
@@ -103,3 +127,96 @@ def alone_bound(scenario: Scenario, seed: int) -> AloneBound:
         np.array([a[0] for a in arrivals], dtype=float),
         scenario.workload.warmup_s,
     )
+
+
+def wspt_mean_busy_times(
+    release: Sequence[float], processing: Sequence[float], weight: Sequence[float]
+) -> np.ndarray:
+    """Mean busy time (s) of every job in the preemptive WSPT schedule of one machine: at every moment the
+    released, unfinished job of largest ``weight / processing`` runs (ties: earlier release, then index).
+    Goemans (1996): this schedule minimises sum_j weight_j x mean busy time_j over all preemptive schedules
+    with these release dates.
+
+    Args:
+        release: release time of each job (s).
+        processing: processing time of each job on the machine (s, > 0).
+        weight: weight of each job (> 0).
+    """
+    n = len(release)
+    order = sorted(range(n), key=lambda i: (release[i], i))
+    left = [float(p) for p in processing]
+    moment = np.zeros(n)  # integral of t over the job's processing, s^2
+    ready: list[tuple[float, float, int]] = []
+    t = 0.0
+    k = 0
+    while k < n or ready:
+        if not ready:
+            t = max(t, float(release[order[k]]))
+        while k < n and release[order[k]] <= t:
+            i = order[k]
+            heapq.heappush(ready, (-weight[i] / processing[i], float(release[i]), i))
+            k += 1
+        _, _, i = ready[0]
+        until = t + left[i]
+        if k < n and release[order[k]] < until:  # the next release pre-empts it (or joins the queue)
+            nxt = float(release[order[k]])
+            moment[i] += (nxt * nxt - t * t) / 2.0
+            left[i] -= nxt - t
+            t = nxt
+        else:  # it finishes
+            moment[i] += (until * until - t * t) / 2.0
+            left[i] = 0.0
+            t = until
+            heapq.heappop(ready)
+    return moment / np.asarray(processing, dtype=float)
+
+
+def capacity_bound(scenario: Scenario, seed: int, alone: AloneBound | None = None) -> dict[str, float]:
+    """The memory-capacity bound (module docstring) of episode ``seed``: ``{"per_token_s", "response_s"}``,
+    lower bounds on the means over the counted requests (s). ``alone``: the episode's alone bound, if
+    already computed (its times T_r are the sessions' shortest possible durations)."""
+    from petalgym.simulator import Simulator
+
+    alone = alone_bound(scenario, seed) if alone is None else alone
+    model = scenario.model
+    L = scenario.num_blocks
+    budget = sum(s.profile.memory_bytes for s in scenario.servers) - model.block_bytes * L
+    keep = alone.counted
+    if not keep.any():
+        return {"per_token_s": math.nan, "response_s": math.nan}
+    arrivals = [a for a, k in zip(Simulator(scenario, seed).arrivals(), keep, strict=True) if k]
+    times = alone.time_s[keep]
+    release = alone.arrival_s[keep]
+    volume = np.array([L * model.session_bytes(l_in, l_out) for _, l_in, l_out, _ in arrivals], float)
+    processing = volume * times / budget
+    out = {}
+    for metric, weight in (("per_token_s", 1.0 / alone.l_out[keep]), ("response_s", np.ones(len(times)))):
+        busy = wspt_mean_busy_times(release, processing, weight)
+        out[metric] = float(np.sum(weight * (busy + times / 2.0 - release)) / len(times))
+    return out
+
+
+@dataclass(frozen=True)
+class EpisodeBound:
+    """The lower bounds of one episode on ``metric``: ``alone``, ``capacity`` and ``value`` = the larger,
+    with ``binding`` naming it (``"alone"`` or ``"capacity"``)."""
+
+    metric: str
+    alone: float
+    capacity: float
+
+    @property
+    def value(self) -> float:
+        return max(self.alone, self.capacity)
+
+    @property
+    def binding(self) -> str:
+        return "capacity" if self.capacity > self.alone else "alone"
+
+
+def episode_bound(scenario: Scenario, seed: int, metric: str = "per_token_s") -> EpisodeBound:
+    """Every valid lower bound of episode ``seed`` on ``metric`` (``per_token_s`` or ``response_s``)."""
+    if metric not in ("per_token_s", "response_s"):
+        raise ValueError(f"no bound for metric {metric!r} (known: per_token_s, response_s)")
+    alone = alone_bound(scenario, seed)
+    return EpisodeBound(metric, getattr(alone, metric), capacity_bound(scenario, seed, alone)[metric])

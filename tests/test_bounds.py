@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import RandomFeasibleDecider, small_scenarios
 
-from petalgym.bounds import alone_bound, best_chain_time
+from petalgym.bounds import alone_bound, best_chain_time, wspt_mean_busy_times
 from petalgym.deciders import make_decider
 from petalgym.errors import SolverError
 from petalgym.scenario import load_scenario
@@ -97,3 +98,98 @@ def test_no_request_beats_its_own_bound(sc, seed):
     for r in sim.requests:
         if math.isfinite(r.finish) and r.failure_reason == "":
             assert r.finish - r.arrival >= bound.time_s[r.id] - 1e-9
+
+
+# --------------------------------------------------------------------------------------------------
+# The memory-capacity bound
+# --------------------------------------------------------------------------------------------------
+def time_indexed_lp(release, processing, weight):
+    """min sum_j w_j M_j over fractional unit-slot schedules (integer data: exact for preemptive WSPT)."""
+    import pulp
+
+    horizon = int(max(release) + sum(processing)) + 1
+    prob = pulp.LpProblem("mbt", pulp.LpMinimize)
+    x = {
+        (j, t): pulp.LpVariable(f"x_{j}_{t}", 0, 1)
+        for j in range(len(release))
+        for t in range(int(release[j]), horizon)
+    }
+    prob += pulp.lpSum(weight[j] / processing[j] * (t + 0.5) * v for (j, t), v in x.items())
+    for j, p in enumerate(processing):
+        prob += pulp.lpSum(v for (i, _), v in x.items() if i == j) == p
+    for t in range(horizon):
+        prob += pulp.lpSum(v for (_, s), v in x.items() if s == t) <= 1
+    prob.solve(pulp.HiGHS(msg=False))
+    assert pulp.LpStatus[prob.status] == "Optimal"
+    return pulp.value(prob.objective)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    jobs=st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4), st.integers(1, 5)), min_size=1, max_size=5)
+)
+def test_preemptive_wspt_minimises_the_weighted_mean_busy_time(jobs):
+    """Goemans' result, checked against a time-indexed LP over all fractional schedules."""
+    release, processing, weight = (list(map(float, c)) for c in zip(*jobs, strict=True))
+    busy = wspt_mean_busy_times(release, processing, weight)
+    got = float(np.dot(weight, busy))
+    assert got == pytest.approx(time_indexed_lp(release, processing, weight), rel=1e-6, abs=1e-6)
+    for j in range(len(jobs)):  # a job is never busy before its release or in under half its length
+        assert busy[j] >= release[j] + processing[j] / 2 - 1e-9
+
+
+def test_wspt_without_release_dates_is_smiths_rule():
+    busy = wspt_mean_busy_times([0.0, 0.0, 0.0], [3.0, 1.0, 2.0], [1.0, 1.0, 4.0])
+    # ratios 1/3, 1, 2: order job 2 (0-2), job 1 (2-3), job 0 (3-6)
+    assert busy.tolist() == pytest.approx([4.5, 2.5, 1.0])
+
+
+def test_a_later_better_job_preempts():
+    busy = wspt_mean_busy_times([0.0, 1.0], [4.0, 1.0], [1.0, 10.0])
+    # job 0 runs 0-1, job 1 runs 1-2, job 0 resumes 2-5: mean busy (0.5 * 1 + 3.5 * 3) / 4
+    assert busy.tolist() == pytest.approx([(0.5 + 3.5 * 3) / 4, 1.5])
+
+
+def long_sessions_scenario(rate: float):
+    """clustered-9 with 2,048-token outputs: the swarm's memory holds few such sessions at once."""
+    return load_scenario(
+        "clustered-9",
+        {"workload.num_requests": 40, "workload.arrival_rate": rate, "workload.l_out": 2048},
+    )
+
+
+def test_the_capacity_bound_binds_under_overload_and_stays_below_the_deciders():
+    from petalgym.bounds import capacity_bound, episode_bound
+
+    compared = 0
+    for sc in (long_sessions_scenario(2.0),):
+        for seed in (100, 101):
+            bound = episode_bound(sc, seed)
+            assert bound.binding == "capacity" and bound.capacity > 1.5 * bound.alone
+            capacity = capacity_bound(sc, seed)
+            assert bound.value == max(bound.alone, bound.capacity)
+            assert capacity["per_token_s"] == bound.capacity
+            for decider in ("petals", "cg-bp-ws-rr", "shortest", "parallax"):
+                summary = simulate(sc, make_decider(decider), seed).summary()
+                if summary["failed"] == 0:
+                    assert capacity["per_token_s"] <= summary["per_token_s"] + 1e-9, (seed, decider)
+                    assert capacity["response_s"] <= summary["response_s"] + 1e-9, (seed, decider)
+                    compared += 1
+    assert compared >= 4
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sc=small_scenarios(), seed=st.integers(0, 2**31 - 1))
+def test_no_episode_beats_its_capacity_bound(sc, seed):
+    from petalgym.bounds import capacity_bound
+
+    sim = Simulator(sc, seed)
+    sim.run(RandomFeasibleDecider())
+    done = [r for r in sim.requests if r.failure_reason == "" and math.isfinite(r.finish)]
+    if len(done) < len(sim.requests) or not done:
+        return  # the bound is for episodes that complete every request
+    bound = capacity_bound(sc, seed)
+    counted = [r for r in done if r.arrival >= sc.workload.warmup_s]
+    if counted:
+        assert bound["per_token_s"] <= np.mean([r.per_token for r in counted]) + 1e-9
+        assert bound["response_s"] <= np.mean([r.latency for r in counted]) + 1e-9
