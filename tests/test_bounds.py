@@ -119,9 +119,11 @@ def time_indexed_lp(release, processing, weight):
         prob += pulp.lpSum(v for (i, _), v in x.items() if i == j) == p
     for t in range(horizon):
         prob += pulp.lpSum(v for (_, s), v in x.items() if s == t) <= 1
-    prob.solve(pulp.HiGHS(msg=False))
-    assert pulp.LpStatus[prob.status] == "Optimal"
-    return pulp.value(prob.objective)
+    from baselines.milp import SolverOptions, run_solver  # (the project's one way to run HiGHS)
+
+    outcome = run_solver(prob, SolverOptions("highs", time_limit_s=60.0))
+    assert outcome.optimal
+    return outcome.objective
 
 
 @settings(max_examples=25, deadline=None)
