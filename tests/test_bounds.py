@@ -119,7 +119,7 @@ def time_indexed_lp(release, processing, weight):
         prob += pulp.lpSum(v for (i, _), v in x.items() if i == j) == p
     for t in range(horizon):
         prob += pulp.lpSum(v for (_, s), v in x.items() if s == t) <= 1
-    from baselines.milp import SolverOptions, run_solver  # (the project's one way to run HiGHS)
+    from petalgym.baselines.milp import SolverOptions, run_solver  # (the project's one way to run HiGHS)
 
     outcome = run_solver(prob, SolverOptions("highs", time_limit_s=60.0))
     assert outcome.optimal
