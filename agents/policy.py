@@ -171,6 +171,7 @@ class AgentDecider(Decider):
             if "level_multipliers" in env
             else _default_levels(),
             invalid_action=env.get("invalid_action", "raise"),
+            feature_set=env.get("feature_set", "v0"),
             name=self.name,
         )
         self.rebalance_period_s = self.inner.rebalance_period_s

@@ -203,6 +203,7 @@ def resolved_env(env: PetalAllocEnv) -> dict[str, Any]:
         "max_servers": env.max_servers,
         "level_multipliers": list(env.codec_level_multipliers),
         "invalid_action": env.invalid_action,
+        "feature_set": env.feature_set,
     }
 
 

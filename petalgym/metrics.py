@@ -80,3 +80,76 @@ def summarise(requests: Sequence[Request], warmup_s: float = 0.0) -> dict[str, f
     for reason, n in sorted(Counter(r.failure_reason for r in failed).items()):
         out[f"failed_{reason}"] = float(n)
     return out
+
+
+#: Reward definitions of the environments (:class:`EpisodeCost`).
+REWARDS = ("completion", "holding")
+
+
+class EpisodeCost:
+    """The running cost of an episode's requests, charged as the episode goes (the environments' reward
+    is minus its increments).
+
+    ``"completion"``: a request costs its per-token time (s) when it completes, ``failure_penalty`` when it
+    fails. ``"holding"``: every request in the system costs 1 / l_out per second it has been there (its
+    per-token time accrues while it waits and runs); when it fails, what it accrued is refunded and the
+    penalty charged. Both give the same total over a finished episode (sum of per-token times +
+    penalty x failures); ``"holding"`` pays it as it accrues, so under load the reward is dense.
+
+    Args:
+        mode: one of :data:`REWARDS`.
+        failure_penalty: cost of a failed request (seconds per token equivalent).
+    """
+
+    def __init__(self, mode: str = "completion", failure_penalty: float = 50.0):
+        if mode not in REWARDS:
+            raise ValueError(f"unknown reward {mode!r} (known: {', '.join(REWARDS)})")
+        self.mode = mode
+        self.failure_penalty = float(failure_penalty)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode: nothing arrived, nothing charged."""
+        self._arrived = 0  # requests seen arriving
+        self._finished = 0  # requests seen finishing
+        self._in_system = 0
+        self._rate = 0.0  # sum of 1 / l_out over requests in the system
+        self._offset = 0.0  # sum of arrival / l_out over requests in the system
+        self._settled = 0.0  # cost of the finished requests
+        self._charged = 0.0  # cost charged so far
+
+    @property
+    def total(self) -> float:
+        """Cost charged so far."""
+        return self._charged
+
+    def advance(
+        self, requests: Sequence[Request], finished: Sequence[Request], now: float
+    ) -> tuple[float, tuple[float, ...], int]:
+        """Charge what accrued up to ``now`` (s), given the episode's requests so far (in arrival order) and
+        its finished ones (in finishing order; both only grow). Returns (cost since the last call, the
+        per-token times of the requests completed since, how many failed since)."""
+        new = finished[self._finished :]
+        self._finished = len(finished)
+        per_token = tuple(r.per_token for r in new if r.status == RequestStatus.COMPLETED)
+        failed = len(new) - len(per_token)
+        if self.mode == "completion":
+            cost = math.fsum(per_token) + self.failure_penalty * failed
+            self._charged += cost
+            return cost, per_token, failed
+        for r in requests[self._arrived :]:
+            self._rate += 1.0 / r.l_out
+            self._offset += r.arrival / r.l_out
+        self._in_system += len(requests) - self._arrived
+        self._arrived = len(requests)
+        for r in new:
+            self._rate -= 1.0 / r.l_out
+            self._offset -= r.arrival / r.l_out
+        self._in_system -= len(new)
+        if self._in_system == 0:  # no rounding residue once the system is empty
+            self._rate = self._offset = 0.0
+        self._settled += math.fsum(per_token) + self.failure_penalty * failed
+        total = self._settled + now * self._rate - self._offset
+        cost = total - self._charged
+        self._charged = total
+        return cost, per_token, failed

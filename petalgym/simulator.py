@@ -341,7 +341,7 @@ class Simulator:
         self.now = 0.0
         self.requests: list[Request] = []
         self.finished: list[Request] = []  # completed or failed, in order
-        self.in_flight = 0
+        self.load = self.view.load  # arrived / in flight / running counts, kept here, read by deciders
         self.events = 0
         self.decisions = {k.name: 0 for k in DecisionKind}
         self.interruptions: dict[str, int] = {}  # sessions interrupted, by cause
@@ -416,9 +416,14 @@ class Simulator:
         heapq.heappush(self._heap, (t, kind, seq if order is None else order, seq, target, version))
 
     @property
+    def in_flight(self) -> int:
+        """Requests arrived and not yet completed or failed (``self.load.in_flight``)."""
+        return self.load.in_flight
+
+    @property
     def done(self) -> bool:
         """True when every request has arrived and none is in flight (and no decision is pending)."""
-        return not self._pending and self._next_arrival >= len(self._arr_t) and self.in_flight == 0
+        return not self._pending and self._next_arrival >= len(self._arr_t) and self.load.in_flight == 0
 
     def next_decision(self) -> Decision | None:
         """Advance until a decision is needed; return it (still pending) or None at the end of the episode.
@@ -429,7 +434,7 @@ class Simulator:
         heap = self._heap
         fifo = self.fifo
         while not pending:
-            if self._next_arrival >= len(self._arr_t) and self.in_flight == 0:
+            if self._next_arrival >= len(self._arr_t) and self.load.in_flight == 0:
                 return None
             if self._offers and self._offer_next():
                 continue
@@ -446,8 +451,8 @@ class Simulator:
                 continue
             if not heap:
                 raise RuntimeError(
-                    f"simulator stalled at t={self.now:.3f}s with {self.in_flight} request(s) in flight and "
-                    "no pending event (internal error)"
+                    f"simulator stalled at t={self.now:.3f}s with {self.load.in_flight} request(s) in flight "
+                    "and no pending event (internal error)"
                 )
             self._step(heapq.heappop(heap))
         while True:
@@ -1012,6 +1017,7 @@ class Simulator:
         req.new_hops = hops
         req.kept = ()
         req.status = _RUNNING
+        self.load.running += 1
         req.seg_start = t
         req.t_next = t + first
         req.token_time = d
@@ -1032,7 +1038,7 @@ class Simulator:
             i, self._arr_client[i], self.now, l_in, l_out, self.scenario.model.session_bytes(l_in, l_out)
         )
         self.requests.append(req)
-        self.in_flight += 1
+        self.load.arrive(self.now)
         self._next_arrival = i + 1
         self._schedule_next_arrival()
         self._pending.append(Decision(DecisionKind.ROUTE, self.now, request=req))
@@ -1174,11 +1180,13 @@ class Simulator:
             self.fifo.stop(req)
         self._route_ended(req)
         self._release(req)
+        if req.status == _RUNNING:
+            self.load.running -= 1
         req.status = RequestStatus.COMPLETED
         req.tokens_done = req.l_out
         if math.isnan(req.first_token):
             req.first_token = req.t_next
-        self.in_flight -= 1
+        self.load.in_flight -= 1
         self.finished.append(req)
 
     def _fail(self, req: Request, reason: str) -> None:
@@ -1188,6 +1196,8 @@ class Simulator:
         self._release(req)
         if req.status in (_WAITING, _ROUTING, _STALLED, _QUEUED):
             req.wait_s += self.now - req.wait_since
+        elif req.status == _RUNNING:
+            self.load.running -= 1
         sleepers = self._sleepers.get(self._sleep_key(req))
         if sleepers is not None and req.id in sleepers.members:  # pragma: no cover - sleepers do not fail
             sleepers.remove(req.id, self._backoff_cap)
@@ -1196,7 +1206,7 @@ class Simulator:
         req.finish = self.now
         req.version += 1
         req.kept = ()
-        self.in_flight -= 1
+        self.load.in_flight -= 1
         self.finished.append(req)
 
     def _interrupt(self, req: Request, server: int) -> None:
@@ -1230,6 +1240,7 @@ class Simulator:
         req.history_tokens = req.l_in + g
         req.recoveries += 1
         req.chain = ()
+        self.load.running -= 1
         req.status = _ROUTING
         req.wait_since = now
         req.version += 1
@@ -1520,7 +1531,9 @@ class Simulator:
         assert len(queued) == len({r.id for r in queued}), "a request sits in two dispatch queues"
         assert all(r.status == _QUEUED for r in queued), "a dispatch queue holds a request not queued"
         assert sum(r.status == _QUEUED for r in requests) == len(queued), "a queued request is in no queue"
-        assert len(requests) == done + self.in_flight, "arrivals != completed + failed + in flight"
+        assert len(requests) == done + self.load.in_flight, "arrivals != completed + failed + in flight"
+        assert len(requests) == self.load.arrived, "the load's arrival count drifted"
+        assert sum(r.status == _RUNNING for r in requests) == self.load.running, "the running count drifted"
         assert done == len(self.finished)
 
 

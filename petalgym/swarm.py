@@ -420,6 +420,45 @@ def earliest_start(servers: list[ServerState], needs: dict[int, int], now: float
 # --------------------------------------------------------------------------------------------------
 # The view handed to deciders
 # --------------------------------------------------------------------------------------------------
+#: Time constant (s) of :class:`RequestLoad`'s smoothed arrival rate.
+ARRIVAL_RATE_WINDOW_S = 60.0
+
+
+class RequestLoad:
+    """The request load of the swarm, kept by the simulator as requests arrive, start and finish.
+
+    Attributes:
+        arrived: requests arrived so far.
+        in_flight: requests arrived and not yet completed or failed.
+        running: requests holding a chain and generating (the rest of ``in_flight`` wait: for a
+            reservation, a back-off, a chain that does not exist yet, a client queue or a route decision).
+    """
+
+    def __init__(self, window_s: float = ARRIVAL_RATE_WINDOW_S):
+        self.window_s = float(window_s)
+        self.arrived = 0
+        self.in_flight = 0
+        self.running = 0
+        self._rate = 0.0  # smoothed arrival rate (1/s) at time self._last
+        self._last = 0.0
+
+    @property
+    def waiting(self) -> int:
+        """Requests in the system that do not run."""
+        return self.in_flight - self.running
+
+    def arrive(self, now: float) -> None:
+        """One request arrived at ``now`` (s)."""
+        self._rate = self.arrival_rate(now) + 1.0 / self.window_s
+        self._last = now
+        self.arrived += 1
+        self.in_flight += 1
+
+    def arrival_rate(self, now: float) -> float:
+        """Arrivals per second, exponentially smoothed with time constant ``window_s``, at ``now`` (s)."""
+        return self._rate * math.exp(-(now - self._last) / self.window_s) if self._rate else 0.0
+
+
 class SwarmView:
     """Read-only access to the swarm for deciders: time, servers, spans, cache and waits.
 
@@ -433,6 +472,7 @@ class SwarmView:
         self.now = 0.0
         self.allocation_delay_s = 0.0  # the deciding method's, added before each new request's first token
         self.placement_version = 0  # bumped whenever a span appears, moves or disappears
+        self.load = RequestLoad()  # requests arrived, in flight, running; smoothed arrival rate
         self._spans_version = -1
         self._spans: list[tuple[int, int, int]] = []
         self._span_map: dict[int, tuple[int, int]] = {}

@@ -103,15 +103,16 @@ def test_flat_and_dict_observations_agree() -> None:
     dict_env = gym.make("PetalAlloc-v0", obs_mode="dict")
     space = dict_env.observation_space
     assert isinstance(space, gym.spaces.Dict)
-    assert set(space.spaces) == {*PART_FEATURES, "action_mask"}
-    for name, feats in PART_FEATURES.items():
-        assert space[name].shape[-1] == len(feats)
-    assert flat_env.observation_space.shape == (sum(int(np.prod(space[p].shape)) for p in PART_FEATURES),)
+    parts = [p for p in PART_FEATURES if p != "load"]  # "load" is feature set v1's
+    assert set(space.spaces) == {*parts, "action_mask"}
+    for name in parts:
+        assert space[name].shape[-1] == len(PART_FEATURES[name])
+    assert flat_env.observation_space.shape == (sum(int(np.prod(space[p].shape)) for p in parts),)
     f_obs, f_info = flat_env.reset(seed=4)
     d_obs, d_info = dict_env.reset(seed=4)
     for _ in range(15):
         parts = dict_env.unwrapped.codec.features.split(f_obs)
-        for p in PART_FEATURES:
+        for p in parts:
             np.testing.assert_array_equal(parts[p], d_obs[p])
         np.testing.assert_array_equal(d_obs["action_mask"], d_info["action_mask"].astype(np.float32))
         f_obs, *_, f_info = flat_env.step(f_info["default_action"])

@@ -192,17 +192,19 @@ def test_default_actions_reproduce_a_random_decider(scenario, control: str, seed
 # PolicyDecider: a policy in simulate() equals the policy in the env
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("control", "obs_mode", "where"),
+    ("control", "obs_mode", "where", "feature_set"),
     [
-        ("joint", "flat", "churn"),
-        ("placement", "dict", "churn"),
-        ("routing", "rllib", "churn"),
-        ("joint", "dict", "clustered-9"),
+        ("joint", "flat", "churn", "v0"),
+        ("placement", "dict", "churn", "v0"),
+        ("routing", "rllib", "churn", "v0"),
+        ("joint", "dict", "clustered-9", "v0"),
+        ("joint", "flat", "churn", "v1"),
+        ("routing", "dict", "clustered-9", "v1"),
     ],
 )
-def test_policy_decider_equals_env(control: str, obs_mode: str, where: str) -> None:
+def test_policy_decider_equals_env(control: str, obs_mode: str, where: str, feature_set: str) -> None:
     kwargs = CHURN if where == "churn" else {"scenario": where}
-    env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, **kwargs)
+    env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, feature_set=feature_set, **kwargs)
     in_env = RecordingRandomPolicy(5)
     play_policy(env, in_env, seed=11)
     in_sim = RecordingRandomPolicy(5)

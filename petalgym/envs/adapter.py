@@ -120,7 +120,7 @@ class PolicyDecider(Decider):
     Args:
         policy: ``policy(obs, mask) -> action`` (see :func:`sb3_policy` for SB3 models).
         control, decider, num_candidates, obs_mode, max_servers, decider_kwargs, level_multipliers,
-        invalid_action: as for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
+        invalid_action, feature_set: as for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
         name: the name shown in results.
     """
 
@@ -136,6 +136,7 @@ class PolicyDecider(Decider):
         decider_kwargs: dict[str, Any] | None = None,
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         invalid_action: str = "raise",
+        feature_set: str = "v0",
         name: str = "policy",
     ):
         if not callable(policy):
@@ -161,6 +162,7 @@ class PolicyDecider(Decider):
         self.max_servers = max_servers
         self.level_multipliers = tuple(level_multipliers)
         self.invalid_action = invalid_action
+        self.feature_set = feature_set
         self.name = name
         self.rebalance_period_s = self.builtin.rebalance_period_s
         self.codec: DecisionCodec | None = None
@@ -184,6 +186,7 @@ class PolicyDecider(Decider):
             max_servers=u.max_servers,
             level_multipliers=u.codec_level_multipliers,
             invalid_action=u.invalid_action,
+            feature_set=u.feature_set,
             name=name,
         )
 
@@ -199,6 +202,7 @@ class PolicyDecider(Decider):
                 self.num_candidates,
                 self.max_servers,
                 self.level_multipliers,
+                feature_set=self.feature_set,
             )
         self.codec.reset()
 

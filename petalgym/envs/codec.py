@@ -36,7 +36,7 @@ from petalgym.envs.candidates import (
     fixed_levels,
     level_names,
 )
-from petalgym.envs.features import ObservationBuilder
+from petalgym.envs.features import FEATURE_SETS, ObservationBuilder
 from petalgym.errors import DeciderError, PetalgymError, SolverError
 from petalgym.perfmodel import Chain, Hop
 from petalgym.scenario import Scenario
@@ -108,6 +108,7 @@ class DecisionCodec:
         max_servers: rows of the per-server observation (>= the scenario's servers).
         level_multipliers: |R| multipliers of the extra CG-BP levels.
         design_sessions: CG-BP's design |R| (default: the paper's design rule for the scenario).
+        feature_set: the observation's feature set (:data:`petalgym.envs.features.FEATURE_SETS`).
     """
 
     def __init__(
@@ -119,9 +120,12 @@ class DecisionCodec:
         max_servers: int | None = None,
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         design_sessions: int | None = None,
+        feature_set: str = "v0",
     ):
         if control not in CONTROLS:
             raise EnvConfigError(f"unknown control mode {control!r} (known: {', '.join(CONTROLS)})")
+        if feature_set not in FEATURE_SETS:
+            raise EnvConfigError(f"unknown feature_set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)):
             raise EnvConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
         if num_candidates < 1:
@@ -166,7 +170,9 @@ class DecisionCodec:
             self.num_levels,
             self.design_sessions,
             self.place_session_bytes,
+            feature_set,
         )
+        self.feature_set = feature_set
 
     # ----------------------------------------------------------------------------------------------
     def controls(self, kind: DecisionKind) -> bool:

@@ -30,6 +30,20 @@ from petalgym.swarm import Request, ServerStatus, SwarmView
 #: Upper bound of every observation value (values are clipped into [0, OBS_CLIP]).
 OBS_CLIP = 10.0
 
+#: Feature sets: ``"v0"`` (the shipped agents') and ``"v1"``: v0 + the ``load`` part, and every count over
+#: |R| (sessions, free sessions and slots, reservations, coverage) passed through log1p, so that none sits at
+#: OBS_CLIP (v0's ``free_slots_per_R`` is clipped in almost every decision of the paper's settings).
+FEATURE_SETS = ("v0", "v1")
+
+#: Features that ``"v1"`` passes through log1p (part -> names).
+LOG_SCALED: dict[str, tuple[str, ...]] = {
+    "decision": ("sessions_per_R",),
+    "levels": ("sessions_per_R",),
+    "servers": ("free_sessions_per_R", "sessions_per_R", "reservations_per_R"),
+    "blocks": ("coverage", "loading_coverage", "free_slots_per_R"),
+    "candidates": ("tightest_free_sessions_per_R",),
+}
+
 #: Observation layouts: ``flat`` (one Box), ``dict`` (one Box per part + ``action_mask``) and ``rllib``
 #: (``{"observations": flat, "action_mask": mask}``, what RLlib's action-masking RLModule expects).
 OBS_MODES = ("flat", "dict", "rllib")
@@ -109,6 +123,13 @@ PART_FEATURES: dict[str, tuple[str, ...]] = {
         "hops_per_8",
         "tightest_free_sessions_per_R",  # min over its hops of free cache / (blocks s_c), / |R|
     ),
+    "load": (  # feature set v1; all log1p
+        "arrival_rate_per_mean",  # arrivals/s smoothed over 60 s (swarm.RequestLoad) / the workload's mean
+        "in_flight_per_R",  # requests in the system / |R|
+        "running_per_R",  # requests generating / |R|
+        "waiting_per_R",  # requests in the system not generating (the queue) / |R|
+        "reservations_per_R",  # reservations held over all servers / |R|
+    ),
 }
 
 #: Parts present in each control mode, in flat order.
@@ -123,8 +144,8 @@ class ObservationBuilder:
     """Builds observations for one scenario and configuration.
 
     Shapes: ``decision`` (8,), ``request`` (8,), ``server`` (6,), ``levels`` (num_levels, 5), ``servers``
-    (max_servers, 16), ``blocks`` (L, 3), ``candidates`` (K, 8); the parts present depend on ``control``
-    (:data:`CONTROL_PARTS`).
+    (max_servers, 16), ``blocks`` (L, 3), ``candidates`` (K, 8), ``load`` (5,); the parts present depend
+    on ``control`` (:data:`CONTROL_PARTS`) and ``feature_set`` (``"v1"`` appends ``load``).
     """
 
     def __init__(
@@ -136,9 +157,13 @@ class ObservationBuilder:
         num_levels: int,
         design_sessions: int,
         place_session_bytes: int,
+        feature_set: str = "v0",
     ):
+        if feature_set not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
         self.scenario = scenario
-        self.parts = CONTROL_PARTS[control]
+        self.feature_set = feature_set
+        self.parts = CONTROL_PARTS[control] + (("load",) if feature_set == "v1" else ())
         L = scenario.num_blocks
         S = scenario.num_servers
         self.max_servers = max_servers
@@ -158,6 +183,15 @@ class ObservationBuilder:
             off += size
         self.size = off
         self._buf = np.zeros(off)  # float64 while filling; observations are float32 copies
+        # v1: flat positions of the log1p-scaled features
+        log_at: list[np.ndarray] = []
+        if feature_set == "v1":
+            for p, names in LOG_SCALED.items():
+                if p in self.slices:
+                    index = np.arange(self.slices[p].start, self.slices[p].stop).reshape(self.shapes[p])
+                    cols = [PART_FEATURES[p].index(n) for n in names]
+                    log_at.append(index[..., cols].ravel())
+        self._log_at = np.sort(np.concatenate(log_at)) if log_at else None
 
         # static normalisers
         profiles = [s.profile for s in scenario.servers]
@@ -181,6 +215,12 @@ class ObservationBuilder:
         if w.horizon_s is not None:
             scale = min(scale, float(w.horizon_s))
         self._time_scale = max(scale, 1.0)
+        # arrivals/s of the workload on average: the whole trace's, or the Poisson base rate
+        if w.trace is not None and len(w.trace.arrival_s):
+            rate = len(w.trace.arrival_s) / max(float(np.max(w.trace.arrival_s)), 1.0)
+        else:
+            rate = float(w.arrival_rate or 0.0)
+        self._mean_rate = max(rate, 1e-9)
         self._num_servers = S
         caps = [p.max_blocks if p.max_blocks is not None else L for p in profiles]
         # expected coverage of a block when every server hosts its PETALS-like share
@@ -441,11 +481,27 @@ class ObservationBuilder:
                 v["candidates"][:] = self._candidate_features(view, req, candidates, free)
             else:
                 v["candidates"][:] = 0.0
+        if "load" in v:
+            load = view.load
+            v["load"][:] = (
+                load.arrival_rate(view.now) / self._mean_rate,
+                load.in_flight / R,
+                load.running / R,
+                load.waiting / R,
+                sum(n_reserved) / R,
+            )
+            np.log1p(v["load"], out=v["load"])
 
         buf = self._buf
         np.fmax(buf, 0.0, out=buf)  # NaN -> 0, -inf -> 0
+        log_at = self._log_at
+        # v1: log1p of the raw counts (the buffer keeps raw values: some persist across builds)
+        logged = None if log_at is None else np.fmin(np.log1p(buf[log_at]), OBS_CLIP)
         np.fmin(buf, OBS_CLIP, out=buf)  # inf -> OBS_CLIP
-        return buf.astype(np.float32)
+        out = buf.astype(np.float32)
+        if logged is not None:
+            out[log_at] = logged
+        return out
 
     def _request_features(self, req: Request, now: float) -> tuple[float, ...]:
         T = self._max_tokens
@@ -495,4 +551,12 @@ class ObservationBuilder:
         return rows
 
 
-__all__ = ["CONTROL_PARTS", "OBS_CLIP", "OBS_MODES", "PART_FEATURES", "ObservationBuilder"]
+__all__ = [
+    "CONTROL_PARTS",
+    "FEATURE_SETS",
+    "LOG_SCALED",
+    "OBS_CLIP",
+    "OBS_MODES",
+    "PART_FEATURES",
+    "ObservationBuilder",
+]

@@ -7,14 +7,20 @@ the built-in decider (``decider``, default CG-BP + WS-RR), which is also asked a
 decision: its answer is the default action (``info["default_action"]``) and its chain is candidate 0.
 
 Action: ``Discrete(n)`` with a mask (``info["action_mask"]``, ``env.action_masks()``); layout in
-:mod:`petalgym.envs.codec`. Observation: :mod:`petalgym.envs.features`. Reward: minus ``reward_scale``
-times (the per-token time in seconds of every request that completes during the step + ``failure_penalty``
-per request that fails + ``invalid_action_penalty`` if the action was invalid and replaced). Completions
-before the first decision of an episode are paid at the first step, so the undiscounted return of a
-finished episode is exactly minus the scaled sum of per-token times (and penalties) of all its requests.
+:mod:`petalgym.envs.codec`. Observation: :mod:`petalgym.envs.features`.
+
+Reward (:class:`petalgym.metrics.EpisodeCost`): minus ``reward_scale`` times the cost charged during the
+step, plus ``invalid_action_penalty`` if the action was invalid and replaced. ``reward="completion"``
+(default) charges a request its per-token time in seconds when it completes and ``failure_penalty`` when it
+fails; ``reward="holding"`` charges every request in the system 1 / l_out per second it spends there
+(dense under load; a failure refunds it and charges the penalty). Costs accrued before the first decision
+are paid at the first step, so in both cases the undiscounted return of a finished episode is exactly minus
+the scaled sum of per-token times (and penalties) of all its requests.
 
 The episode ends (``terminated``) when every request has completed or failed; ``max_decisions`` truncates
-it after that many agent steps. The last step's ``info["summary"]`` holds the episode's metrics
+it after that many agent steps, ``time_limit_s`` at the first decision at or after that simulated time
+(a fixed-horizon, steady-state episode: with ``reward="holding"`` its return is minus the holding cost
+of the requests up to that decision). The last step's ``info["summary"]`` holds the episode's metrics
 (:func:`petalgym.metrics.summarise`: mean per-token time, TTFT, waits, failures, ...). When no decision
 is pending (``info["decision"] == ""``: after the end, or after a reset whose whole episode needed no
 agent decision, e.g. routing control when no chain ever exists) the observation is all zeros, the mask
@@ -45,14 +51,13 @@ from petalgym.envs.codec import CONTROLS, DecisionCodec, EnvConfigError, Invalid
 from petalgym.envs.features import OBS_MODES
 from petalgym.envs.render import render_rgb, render_text
 from petalgym.errors import PetalgymError
-from petalgym.metrics import summarise
+from petalgym.metrics import REWARDS, EpisodeCost, summarise
 from petalgym.scenario import Scenario, load_scenario
 from petalgym.simulator import DecisionKind, Simulator
-from petalgym.swarm import RequestStatus, SwarmView
+from petalgym.swarm import SwarmView
 
 INVALID_ACTION_MODES = ("raise", "default")
 
-_COMPLETED, _FAILED = RequestStatus.COMPLETED, RequestStatus.FAILED
 _ROUTE, _PLACE, _REBALANCE = DecisionKind.ROUTE, DecisionKind.PLACE, DecisionKind.REBALANCE
 
 
@@ -81,6 +86,11 @@ class PetalAllocEnv(gym.Env):
         obs_mode: ``"flat"`` (one Box), ``"dict"`` (a Dict of Boxes with the mask under ``"action_mask"``)
             or ``"rllib"`` (``{"observations": flat Box, "action_mask": Box}``, RLlib's action masking).
         failure_penalty: seconds-per-token equivalent charged per failed request.
+        reward: ``"completion"`` or ``"holding"`` (module docstring; :data:`petalgym.metrics.REWARDS`).
+        feature_set: the observation's features: ``"v0"`` (what the shipped agents observe) or ``"v1"``
+            (adds load features and log-scales counts; :data:`petalgym.envs.features.FEATURE_SETS`).
+        time_limit_s: truncate the episode at the first agent decision at or after this simulated time (s);
+            None: run to the end.
         invalid_action: ``"default"`` (the default: a masked or out-of-range action is replaced by the
             built-in decider's choice and penalised, so every action of ``action_space`` can be stepped,
             as Gymnasium's contract asks) or ``"raise"`` (strict: it raises InvalidActionError).
@@ -113,6 +123,9 @@ class PetalAllocEnv(gym.Env):
         decider_kwargs: dict[str, Any] | None = None,
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         render_mode: str | None = None,
+        reward: str = "completion",
+        time_limit_s: float | None = None,
+        feature_set: str = "v0",
     ):
         try:
             self._configure(
@@ -131,6 +144,9 @@ class PetalAllocEnv(gym.Env):
                 decider_kwargs=decider_kwargs,
                 level_multipliers=level_multipliers,
                 render_mode=render_mode,
+                reward=reward,
+                time_limit_s=time_limit_s,
+                feature_set=feature_set,
             )
         except PetalgymError as exc:  # name the env id that was made
             raise type(exc)(f"{self.env_id}: {exc}") from None
@@ -142,7 +158,6 @@ class PetalAllocEnv(gym.Env):
         self._decider_rng_state: dict | None = None
         self._no_mask = np.zeros(self.codec.n_actions, dtype=np.int8)
         self._mask = self._no_mask
-        self._seen = 0
         self._steps = 0
         self._ended = False
 
@@ -164,6 +179,9 @@ class PetalAllocEnv(gym.Env):
         decider_kwargs: dict[str, Any] | None,
         level_multipliers: Sequence[float],
         render_mode: str | None,
+        reward: str,
+        time_limit_s: float | None,
+        feature_set: str,
     ) -> None:
         """Check and store the arguments (see the class docstring), build the codec and the spaces."""
         if control not in CONTROLS:
@@ -186,6 +204,13 @@ class PetalAllocEnv(gym.Env):
             raise EnvConfigError(f"max_decisions must be an integer >= 1 or None, got {max_decisions!r}")
         self.reward_scale = _number("reward_scale", reward_scale, 0.0, strict=True)
         self.failure_penalty = _number("failure_penalty", failure_penalty, 0.0)
+        if reward not in REWARDS:
+            raise EnvConfigError(f"unknown reward {reward!r} (known: {', '.join(REWARDS)})")
+        self.reward = reward
+        self.time_limit_s = (
+            None if time_limit_s is None else _number("time_limit_s", time_limit_s, 0.0, strict=True)
+        )
+        self.cost = EpisodeCost(reward, self.failure_penalty)
         self.invalid_action_penalty = _number("invalid_action_penalty", invalid_action_penalty, 0.0)
         if scenario_overrides is not None and not isinstance(scenario_overrides, dict):
             raise EnvConfigError(f"scenario_overrides must be a dict or None, got {scenario_overrides!r}")
@@ -206,8 +231,15 @@ class PetalAllocEnv(gym.Env):
         self.max_decisions = None if max_decisions is None else int(max_decisions)
         self.render_mode = render_mode
         self.codec = DecisionCodec(
-            self.scenario, control, self.builtin, num_candidates, max_servers, level_multipliers
+            self.scenario,
+            control,
+            self.builtin,
+            num_candidates,
+            max_servers,
+            level_multipliers,
+            feature_set=feature_set,
         )
+        self.feature_set = feature_set
         self.num_candidates = self.codec.num_candidates
         self.max_servers = self.codec.max_servers
         self.action_space = spaces.Discrete(self.codec.n_actions)
@@ -241,8 +273,8 @@ class PetalAllocEnv(gym.Env):
         self._decider_rng_state = copy.deepcopy(self.sim.decider_rng.bit_generator.state)
         self.builtin.reset(self.scenario, self.sim.decider_rng)
         self.codec.reset()
+        self.cost.reset()
         self.episode_id += 1
-        self._seen = 0
         self._steps = 0
         self._advance()
         self._ended = False  # an episode without agent decisions ends at the first step
@@ -276,17 +308,16 @@ class PetalAllocEnv(gym.Env):
             self._advance()
         # else: the episode needed no decision from the agent (reset ran it to the end); any action ends it
         self._steps += 1
-        fin = self.sim.finished
-        new = fin[self._seen :]
-        self._seen = len(fin)
-        per_token = tuple(r.per_token for r in new if r.status == _COMPLETED)
-        failed = len(new) - len(per_token)
-        cost = math.fsum(per_token) + self.failure_penalty * failed
+        sim = self.sim
+        cost, per_token, failed = self.cost.advance(sim.requests, sim.finished, sim.now)
         if invalid:
             cost += self.invalid_action_penalty
         reward = -self.reward_scale * cost
         terminated = self.pending is None
-        truncated = not terminated and self.max_decisions is not None and self._steps >= self.max_decisions
+        truncated = not terminated and (
+            (self.max_decisions is not None and self._steps >= self.max_decisions)
+            or (self.time_limit_s is not None and sim.now >= self.time_limit_s)
+        )
         self._ended = terminated or truncated
         info = self._info()
         info.update(

@@ -45,7 +45,7 @@ def render_text(sim: Simulator | None, pending: Pending | None, width: int = 70)
     failed = len(sim.finished) - done
     lines = [
         f"t={sim.now:.2f}s  requests: {len(sim.requests)} arrived, {done} completed, {failed} failed, "
-        f"{sim.in_flight} in flight"
+        f"{sim.load.in_flight} in flight"
     ]
     if pending is None:
         lines.append("decision: none (episode over)")
