@@ -172,6 +172,7 @@ class AgentDecider(Decider):
             else _default_levels(),
             invalid_action=env.get("invalid_action", "raise"),
             feature_set=env.get("feature_set", "v0"),
+            candidate_set=env.get("candidate_set", "ws-rr"),
             name=self.name,
         )
         self.rebalance_period_s = self.inner.rebalance_period_s

@@ -204,6 +204,7 @@ def resolved_env(env: PetalAllocEnv) -> dict[str, Any]:
         "level_multipliers": list(env.codec_level_multipliers),
         "invalid_action": env.invalid_action,
         "feature_set": env.feature_set,
+        "candidate_set": env.candidate_set,
     }
 
 

@@ -192,7 +192,7 @@ def test_default_actions_reproduce_a_random_decider(scenario, control: str, seed
 # PolicyDecider: a policy in simulate() equals the policy in the env
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("control", "obs_mode", "where", "feature_set"),
+    ("control", "obs_mode", "where", "options"),
     [
         ("joint", "flat", "churn", "v0"),
         ("placement", "dict", "churn", "v0"),
@@ -200,11 +200,15 @@ def test_default_actions_reproduce_a_random_decider(scenario, control: str, seed
         ("joint", "dict", "clustered-9", "v0"),
         ("joint", "flat", "churn", "v1"),
         ("routing", "dict", "clustered-9", "v1"),
+        ("routing", "flat", "churn", "mixed"),
+        ("joint", "dict", "churn", "v1+mixed"),
     ],
 )
-def test_policy_decider_equals_env(control: str, obs_mode: str, where: str, feature_set: str) -> None:
+def test_policy_decider_equals_env(control: str, obs_mode: str, where: str, options: str) -> None:
     kwargs = CHURN if where == "churn" else {"scenario": where}
-    env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, feature_set=feature_set, **kwargs)
+    kwargs["feature_set"] = "v1" if "v1" in options else "v0"
+    kwargs["candidate_set"] = "mixed" if "mixed" in options else "ws-rr"
+    env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, **kwargs)
     in_env = RecordingRandomPolicy(5)
     play_policy(env, in_env, seed=11)
     in_sim = RecordingRandomPolicy(5)

@@ -120,7 +120,7 @@ class PolicyDecider(Decider):
     Args:
         policy: ``policy(obs, mask) -> action`` (see :func:`sb3_policy` for SB3 models).
         control, decider, num_candidates, obs_mode, max_servers, decider_kwargs, level_multipliers,
-        invalid_action, feature_set: as for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
+        invalid_action, feature_set, candidate_set: as for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
         name: the name shown in results.
     """
 
@@ -137,6 +137,7 @@ class PolicyDecider(Decider):
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         invalid_action: str = "raise",
         feature_set: str = "v0",
+        candidate_set: str = "ws-rr",
         name: str = "policy",
     ):
         if not callable(policy):
@@ -163,6 +164,7 @@ class PolicyDecider(Decider):
         self.level_multipliers = tuple(level_multipliers)
         self.invalid_action = invalid_action
         self.feature_set = feature_set
+        self.candidate_set = candidate_set
         self.name = name
         self.rebalance_period_s = self.builtin.rebalance_period_s
         self.codec: DecisionCodec | None = None
@@ -187,6 +189,7 @@ class PolicyDecider(Decider):
             level_multipliers=u.codec_level_multipliers,
             invalid_action=u.invalid_action,
             feature_set=u.feature_set,
+            candidate_set=u.candidate_set,
             name=name,
         )
 
@@ -203,6 +206,7 @@ class PolicyDecider(Decider):
                 self.max_servers,
                 self.level_multipliers,
                 feature_set=self.feature_set,
+                candidate_set=self.candidate_set,
             )
         self.codec.reset()
 

@@ -186,11 +186,23 @@ def k_best_chains(
 # --------------------------------------------------------------------------------------------------
 # Candidate chains of one ROUTE decision
 # --------------------------------------------------------------------------------------------------
+#: Candidate sets of ROUTE decisions: ``"ws-rr"`` (the built-in chain, WS-RR's k best and PETALS' chain)
+#: and ``"mixed"`` (chains by different rules: the built-in one; the fastest chain whose every hop has free
+#: cache now, taken without waiting; PETALS' chain; the least-loaded chain; the chain of fewest hops; then
+#: WS-RR's k best to fill the K slots).
+CANDIDATE_SETS = ("ws-rr", "mixed")
+
+#: Tie-break weight of a chain's time cost (s) in the least-loaded and fewest-hops rules.
+_TIE_BREAK = 1e-6
+
+
 @dataclass
 class RouteCandidates:
     """The candidate chains of one ROUTE decision: ``chains[i]`` (hops from ``route_from`` to L) with its
-    ``sources[i]`` (``"builtin"``, ``"ws-rr"`` or ``"petals"``); ``wait`` is the built-in decider's waiting
-    mode, used for every candidate (True: reserve the earliest start; False: back off and retry).
+    ``sources[i]`` (``"builtin"``, ``"ws-rr"``, ``"petals"``, ``"free-now"``, ``"least-loaded"`` or
+    ``"fewest-hops"``); ``wait`` is the built-in decider's waiting mode (True: reserve the earliest start;
+    False: back off and retry) and ``waits[i]`` the mode candidate i is taken with (the built-in one,
+    except ``"free-now"``: False, it fits now).
     ``petals_index`` is the index of the PETALS chain among them (-1 if it has none). ``starts``,
     ``tokens`` and ``durations`` (s): what the simulator would do with each chain now
     (:meth:`~petalgym.swarm.SwarmView.admission`): the earliest start (absolute; inf if it never fits),
@@ -203,6 +215,7 @@ class RouteCandidates:
     starts: list[float] = field(default_factory=list)
     tokens: list[float] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
+    waits: list[bool] = field(default_factory=list)
 
 
 class ChainGenerator:
@@ -216,8 +229,11 @@ class ChainGenerator:
     #: Entries kept per cache before it is emptied (bounds memory over long runs).
     MAX_CACHED = 20_000
 
-    def __init__(self, scenario: Scenario, num_candidates: int):
+    def __init__(self, scenario: Scenario, num_candidates: int, candidate_set: str = "ws-rr"):
+        if candidate_set not in CANDIDATE_SETS:
+            raise ValueError(f"unknown candidate set {candidate_set!r} (known: {', '.join(CANDIDATE_SETS)})")
         self.scenario = scenario
+        self.candidate_set = candidate_set
         self.k = int(num_candidates)
         self.num_blocks = scenario.num_blocks
         self._version = -1
@@ -288,13 +304,46 @@ class ChainGenerator:
         answer = self.petals.route(view, request)
         return () if answer is None else answer.chain
 
+    def rule_chains(self, view: SwarmView, request: Request, free: list[int]) -> dict[str, Chain]:
+        """The ``"mixed"`` set's rule-based chains (() where a rule finds none): ``free-now``, the fastest
+        chain whose every hop fits in its server's cache now (free minus reserved); ``least-loaded``, the
+        chain of the smallest sum over hops of the server's cache in use (held + reserved) / its budget;
+        ``fewest-hops``; the last two break ties by time."""
+        l_in, l_out = remaining_lengths(request)
+        kv = request.kv_bytes
+        fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+        spans = view.spans()
+        L, start = self.num_blocks, request.route_from
+        servers = view.servers
+        room = [free[s.id] - s.reserved_bytes for s in servers]
+
+        def fits(j: int, blocks: int) -> float:
+            return 0.0 if room[j] >= blocks * kv else _INF
+
+        load = [
+            (s.used_bytes + s.reserved_bytes) / s.cache_capacity if s.cache_capacity > 0 else 1.0
+            for s in servers
+        ]
+        tie_fixed = [_TIE_BREAK * f for f in fixed]
+        tie_block = [_TIE_BREAK * w for w in per_block]
+        out: dict[str, Chain] = {}
+        for name, f, w, wait in (
+            ("free-now", fixed, per_block, fits),
+            ("least-loaded", [x + y for x, y in zip(load, tie_fixed, strict=True)], tie_block, None),
+            ("fewest-hops", [1.0 + y for y in tie_fixed], tie_block, None),
+        ):
+            found = k_best_chains(spans, f, w, L, start, 1, wait)
+            out[name] = found[0][1] if found else ()
+        return out
+
     # the candidates -------------------------------------------------------------------------------
     def candidates(
         self, view: SwarmView, request: Request, builtin: Chain, wait: bool, free: list[int] | None = None
     ) -> RouteCandidates:
-        """Up to K distinct chains: ``builtin`` first, then WS-RR alternatives, then the PETALS chain (it
-        takes the last slot unless already present; with K = 1 only the built-in chain). ``free``: free
-        cache bytes per server now (computed if not given)."""
+        """Up to K distinct chains, ``builtin`` first (with K = 1 only it). ``"ws-rr"`` set: then WS-RR
+        alternatives, then the PETALS chain (it takes the last slot unless already present); ``"mixed"``:
+        then free-now, PETALS, least-loaded and fewest-hops chains (:meth:`rule_chains`), then WS-RR's.
+        ``free``: free cache bytes per server now (computed if not given)."""
         self._sync(view)
         k = self.k
         chains = [builtin]
@@ -303,6 +352,8 @@ class ChainGenerator:
             return self._timed(RouteCandidates(chains, sources, wait, -1), view, request)
         if free is None:
             free = [s.cache_capacity - s.used_bytes for s in view.servers]
+        if self.candidate_set == "mixed":
+            return self._mixed(view, request, builtin, wait, free)
         lacking = self.lacking(view, request.kv_bytes, free)
         petals = self.petals_chain(view, request)
         no_waits = self.no_hop_waits(view, lacking)
@@ -326,9 +377,45 @@ class ChainGenerator:
         petals_index = chains.index(petals) if petals in chains else -1
         return self._timed(RouteCandidates(chains, sources, wait, petals_index), view, request)
 
+    def _mixed(
+        self, view: SwarmView, request: Request, builtin: Chain, wait: bool, free: list[int]
+    ) -> RouteCandidates:
+        """The ``"mixed"`` candidates (see :meth:`candidates`)."""
+        k = self.k
+        rules = self.rule_chains(view, request, free)
+        petals = self.petals_chain(view, request)
+        chains, sources, waits = [builtin], ["builtin"], [wait]
+        for source, chain in (
+            ("free-now", rules["free-now"]),
+            ("petals", petals),
+            ("least-loaded", rules["least-loaded"]),
+            ("fewest-hops", rules["fewest-hops"]),
+        ):
+            if len(chains) >= k:
+                break
+            if chain and chain not in chains:
+                chains.append(chain)
+                sources.append(source)
+                waits.append(False if source == "free-now" else wait)
+        if len(chains) < k:
+            lacking = self.lacking(view, request.kv_bytes, free)
+            for chain in self.ws_rr_chains(view, request, k, self.no_hop_waits(view, lacking)):
+                if len(chains) >= k:
+                    break
+                if chain not in chains:
+                    chains.append(chain)
+                    sources.append("ws-rr")
+                    waits.append(wait)
+        petals_index = chains.index(petals) if petals in chains else -1
+        cands = RouteCandidates(chains, sources, wait, petals_index, waits=waits)
+        return self._timed(cands, view, request)
+
     @staticmethod
     def _timed(cands: RouteCandidates, view: SwarmView, request: Request) -> RouteCandidates:
-        """``cands`` with what the simulator would do with each chain now (its admission and times)."""
+        """``cands`` with what the simulator would do with each chain now (its admission and times) and,
+        where not set, the waiting mode of each (the built-in one)."""
+        if not cands.waits:
+            cands.waits = [cands.wait] * len(cands.chains)
         for chain in cands.chains:
             start, _, token, duration = view.admission(request, chain)
             cands.starts.append(start)
@@ -338,6 +425,7 @@ class ChainGenerator:
 
 
 __all__ = [
+    "CANDIDATE_SETS",
     "DEFAULT_LEVEL_MULTIPLIERS",
     "ChainGenerator",
     "Level",

@@ -28,6 +28,7 @@ import numpy as np
 from petalgym.deciders import Decider, Route
 from petalgym.design import design_num_sessions, workload_lengths
 from petalgym.envs.candidates import (
+    CANDIDATE_SETS,
     DEFAULT_LEVEL_MULTIPLIERS,
     ChainGenerator,
     Level,
@@ -109,6 +110,7 @@ class DecisionCodec:
         level_multipliers: |R| multipliers of the extra CG-BP levels.
         design_sessions: CG-BP's design |R| (default: the paper's design rule for the scenario).
         feature_set: the observation's feature set (:data:`petalgym.envs.features.FEATURE_SETS`).
+        candidate_set: how ROUTE candidates are chosen (:data:`petalgym.envs.candidates.CANDIDATE_SETS`).
     """
 
     def __init__(
@@ -121,11 +123,16 @@ class DecisionCodec:
         level_multipliers: Sequence[float] = DEFAULT_LEVEL_MULTIPLIERS,
         design_sessions: int | None = None,
         feature_set: str = "v0",
+        candidate_set: str = "ws-rr",
     ):
         if control not in CONTROLS:
             raise EnvConfigError(f"unknown control mode {control!r} (known: {', '.join(CONTROLS)})")
         if feature_set not in FEATURE_SETS:
             raise EnvConfigError(f"unknown feature_set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
+        if candidate_set not in CANDIDATE_SETS:
+            raise EnvConfigError(
+                f"unknown candidate_set {candidate_set!r} (known: {', '.join(CANDIDATE_SETS)})"
+            )
         if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)):
             raise EnvConfigError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
         if num_candidates < 1:
@@ -161,7 +168,8 @@ class DecisionCodec:
         self.n_route = self.num_candidates if DecisionKind.ROUTE in self.controlled else 0
         self.route_offset = self.n_place
         self.n_actions = self.n_place + self.n_route
-        self.chains = ChainGenerator(scenario, self.num_candidates)
+        self.chains = ChainGenerator(scenario, self.num_candidates, candidate_set)
+        self.candidate_set = candidate_set
         self.features = ObservationBuilder(
             scenario,
             control,
@@ -260,7 +268,8 @@ class DecisionCodec:
             level, start = divmod(action, self.num_blocks)
             return pending.levels[level].placement(start)
         cands = pending.candidates
-        return Route(cands.chains[action - self.route_offset], cands.wait)
+        i = action - self.route_offset
+        return Route(cands.chains[i], cands.waits[i])
 
     def encode(self, pending: Pending, answer: Any) -> int:
         """The action expressing ``answer`` (a Placement for PLACE, a Route or chain for ROUTE); raises

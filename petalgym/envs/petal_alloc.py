@@ -89,6 +89,9 @@ class PetalAllocEnv(gym.Env):
         reward: ``"completion"`` or ``"holding"`` (module docstring; :data:`petalgym.metrics.REWARDS`).
         feature_set: the observation's features: ``"v0"`` (what the shipped agents observe) or ``"v1"``
             (adds load features and log-scales counts; :data:`petalgym.envs.features.FEATURE_SETS`).
+        candidate_set: ROUTE candidates: ``"ws-rr"`` (the built-in chain, WS-RR's k best, PETALS') or
+            ``"mixed"`` (built-in, free now without waiting, PETALS', least-loaded, fewest hops, then
+            WS-RR's; :data:`petalgym.envs.candidates.CANDIDATE_SETS`).
         time_limit_s: truncate the episode at the first agent decision at or after this simulated time (s);
             None: run to the end.
         invalid_action: ``"default"`` (the default: a masked or out-of-range action is replaced by the
@@ -126,6 +129,7 @@ class PetalAllocEnv(gym.Env):
         reward: str = "completion",
         time_limit_s: float | None = None,
         feature_set: str = "v0",
+        candidate_set: str = "ws-rr",
     ):
         try:
             self._configure(
@@ -147,6 +151,7 @@ class PetalAllocEnv(gym.Env):
                 reward=reward,
                 time_limit_s=time_limit_s,
                 feature_set=feature_set,
+                candidate_set=candidate_set,
             )
         except PetalgymError as exc:  # name the env id that was made
             raise type(exc)(f"{self.env_id}: {exc}") from None
@@ -182,6 +187,7 @@ class PetalAllocEnv(gym.Env):
         reward: str,
         time_limit_s: float | None,
         feature_set: str,
+        candidate_set: str,
     ) -> None:
         """Check and store the arguments (see the class docstring), build the codec and the spaces."""
         if control not in CONTROLS:
@@ -238,8 +244,10 @@ class PetalAllocEnv(gym.Env):
             max_servers,
             level_multipliers,
             feature_set=feature_set,
+            candidate_set=candidate_set,
         )
         self.feature_set = feature_set
+        self.candidate_set = candidate_set
         self.num_candidates = self.codec.num_candidates
         self.max_servers = self.codec.max_servers
         self.action_space = spaces.Discrete(self.codec.n_actions)
