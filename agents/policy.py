@@ -173,6 +173,8 @@ class AgentDecider(Decider):
             invalid_action=env.get("invalid_action", "raise"),
             feature_set=env.get("feature_set", "v0"),
             candidate_set=env.get("candidate_set", "ws-rr"),
+            rebalance_period_s=env.get("rebalance_period_s"),
+            placement_starts=env.get("placement_starts", "any"),
             name=self.name,
         )
         self.rebalance_period_s = self.inner.rebalance_period_s

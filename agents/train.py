@@ -205,6 +205,8 @@ def resolved_env(env: PetalAllocEnv) -> dict[str, Any]:
         "invalid_action": env.invalid_action,
         "feature_set": env.feature_set,
         "candidate_set": env.candidate_set,
+        "rebalance_period_s": env.rebalance_period_s if env.codec.rebalance else None,
+        "placement_starts": env.placement_starts,
     }
 
 

@@ -197,11 +197,12 @@ def test_feature_set_v1_adds_load_and_never_saturates() -> None:
         for part, values in o.items():
             if part != "action_mask":
                 assert values.max() < OBS_CLIP, part
-    assert "load" not in obs["v0"][0]
-    load = np.array([o["load"] for o in obs["v1"]])
-    assert load.shape[1] == len(PART_FEATURES["load"])
-    moving = [PART_FEATURES["load"][k] for k in np.flatnonzero(load.std(axis=0) > 1e-3)]
+    assert "context" not in obs["v0"][0]
+    load = np.array([o["context"] for o in obs["v1"]])
+    assert load.shape[1] == len(PART_FEATURES["context"])
+    moving = [PART_FEATURES["context"][k] for k in np.flatnonzero(load.std(axis=0) > 1e-3)]
     assert moving == ["arrival_rate_per_mean", "in_flight_per_R", "running_per_R"]  # nobody waits here
+    assert (load[:, 0] == 0).all()  # no REBALANCE decisions here
     # the shared parts differ only where v1 log-scales
     for o0, o1 in zip(obs["v0"], obs["v1"], strict=True):
         for part in o0:
@@ -220,8 +221,8 @@ def test_queue_features_move_when_memory_binds() -> None:
     over = {"workload.num_requests": 60, "workload.arrival_rate": 2.0, "workload.l_out": 2048}
     env = gym.make("PetalRouting-v0", feature_set="v1", obs_mode="dict", scenario_overrides=over)
     _, _, observations = play(env, seed=0)
-    load = np.array([o["load"] for o in observations[:-1]])
-    waiting = PART_FEATURES["load"].index("waiting_per_R")
-    reservations = PART_FEATURES["load"].index("reservations_per_R")
+    load = np.array([o["context"] for o in observations[:-1]])
+    waiting = PART_FEATURES["context"].index("waiting_per_R")
+    reservations = PART_FEATURES["context"].index("reservations_per_R")
     assert load[:, waiting].max() > load[0, waiting] and load[:, reservations].max() > 0
     assert load.max() < OBS_CLIP

@@ -120,7 +120,8 @@ class PolicyDecider(Decider):
     Args:
         policy: ``policy(obs, mask) -> action`` (see :func:`sb3_policy` for SB3 models).
         control, decider, num_candidates, obs_mode, max_servers, decider_kwargs, level_multipliers,
-        invalid_action, feature_set, candidate_set: as for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
+        invalid_action, feature_set, candidate_set, rebalance_period_s, placement_starts: as
+        for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
         name: the name shown in results.
     """
 
@@ -138,6 +139,8 @@ class PolicyDecider(Decider):
         invalid_action: str = "raise",
         feature_set: str = "v0",
         candidate_set: str = "ws-rr",
+        rebalance_period_s: float | None = None,
+        placement_starts: str = "any",
         name: str = "policy",
     ):
         if not callable(policy):
@@ -166,7 +169,10 @@ class PolicyDecider(Decider):
         self.feature_set = feature_set
         self.candidate_set = candidate_set
         self.name = name
-        self.rebalance_period_s = self.builtin.rebalance_period_s
+        self.controls_rebalance = rebalance_period_s is not None  # the policy takes REBALANCE decisions
+        self.placement_starts = placement_starts
+        own = self.builtin.rebalance_period_s
+        self.rebalance_period_s = own if rebalance_period_s is None else float(rebalance_period_s)
         self.codec: DecisionCodec | None = None
         self.invalid_actions = 0  # replaced actions (invalid_action="default"), over all episodes
 
@@ -190,6 +196,8 @@ class PolicyDecider(Decider):
             invalid_action=u.invalid_action,
             feature_set=u.feature_set,
             candidate_set=u.candidate_set,
+            rebalance_period_s=u.rebalance_period_s if u.codec.rebalance else None,
+            placement_starts=u.placement_starts,
             name=name,
         )
 
@@ -207,6 +215,8 @@ class PolicyDecider(Decider):
                 self.level_multipliers,
                 feature_set=self.feature_set,
                 candidate_set=self.candidate_set,
+                rebalance=self.controls_rebalance,
+                placement_starts=self.placement_starts,
             )
         self.codec.reset()
 
@@ -218,7 +228,7 @@ class PolicyDecider(Decider):
         return self._decide(view, Decision(DecisionKind.ROUTE, view.now, request=request))
 
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
-        return self.builtin.rebalance(view, server)
+        return self._decide(view, Decision(DecisionKind.REBALANCE, view.now, server=server))
 
     def describe(self) -> str:
         return f"{self.name} (control={self.control}, built-in {self.builtin.describe()})"

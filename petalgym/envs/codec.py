@@ -14,6 +14,21 @@ Action layout (one ``Discrete(n)`` space):
   ``offset + i`` takes candidate chain i (0 = the built-in decider's). Masked: padding when fewer than K
   distinct chains exist.
 
+* KEEP, 1 action (only with ``rebalance=True``: the agent also takes REBALANCE decisions, the periodic
+  chance of an ONLINE server to move): the last action keeps the server as it is. A REBALANCE decision
+  offers KEEP and the PLACE part (its builtin level is the built-in decider's move, or the server's
+  current placement when the built-in decider keeps it); a move reloads the server.
+
+``placement_starts="gaps"`` masks every start except the two aligned with the first coverage gap (the
+leftmost maximal run of least-covered blocks, counting ONLINE and LOADING servers): the window starting at
+its first block and the window ending at its end (both clamped into 0..L - m); and, while blocks are
+uncovered, every level too small to leave them coverable by the servers not yet placed (OFFLINE, at their
+largest level) -- unless no level is large enough, then the largest. So every valid placement fills a gap
+and keeps full coverage reachable, and random valid placements cover the model wherever the servers'
+blocks suffice. The default action is the built-in placement when it is one of them, else the valid
+placement nearest to it (closest number of blocks, then start): the built-in decider is then not
+reproduced exactly.
+
 In ``joint`` control the mask enables only the part of the pending decision's kind.
 """
 
@@ -42,7 +57,11 @@ from petalgym.errors import DeciderError, PetalgymError, SolverError
 from petalgym.perfmodel import Chain, Hop
 from petalgym.scenario import Scenario
 from petalgym.simulator import Decision, DecisionKind
-from petalgym.swarm import SwarmView
+from petalgym.swarm import ServerStatus, SwarmView
+
+#: How PLACE / REBALANCE starts are masked: ``"any"`` (every start that fits) or ``"gaps"`` (the two
+#: starts aligned with the first coverage gap; module docstring).
+PLACEMENT_STARTS = ("any", "gaps")
 
 #: Control modes: which decision kinds the agent takes (the built-in decider takes the others).
 CONTROLS: dict[str, frozenset[DecisionKind]] = {
@@ -111,6 +130,8 @@ class DecisionCodec:
         design_sessions: CG-BP's design |R| (default: the paper's design rule for the scenario).
         feature_set: the observation's feature set (:data:`petalgym.envs.features.FEATURE_SETS`).
         candidate_set: how ROUTE candidates are chosen (:data:`petalgym.envs.candidates.CANDIDATE_SETS`).
+        rebalance: the agent also takes REBALANCE decisions (needs a control with PLACE; adds KEEP).
+        placement_starts: :data:`PLACEMENT_STARTS`.
     """
 
     def __init__(
@@ -124,11 +145,23 @@ class DecisionCodec:
         design_sessions: int | None = None,
         feature_set: str = "v0",
         candidate_set: str = "ws-rr",
+        rebalance: bool = False,
+        placement_starts: str = "any",
     ):
         if control not in CONTROLS:
             raise EnvConfigError(f"unknown control mode {control!r} (known: {', '.join(CONTROLS)})")
         if feature_set not in FEATURE_SETS:
             raise EnvConfigError(f"unknown feature_set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
+        if placement_starts not in PLACEMENT_STARTS:
+            raise EnvConfigError(
+                f"unknown placement_starts {placement_starts!r} (known: {', '.join(PLACEMENT_STARTS)})"
+            )
+        if not isinstance(rebalance, (bool, np.bool_)):
+            raise EnvConfigError(f"rebalance must be True or False, got {rebalance!r}")
+        if rebalance and DecisionKind.PLACE not in CONTROLS[control]:
+            raise EnvConfigError(
+                f"rebalance control needs placement (control 'joint' or 'placement'), not {control!r}"
+            )
         if candidate_set not in CANDIDATE_SETS:
             raise EnvConfigError(
                 f"unknown candidate_set {candidate_set!r} (known: {', '.join(CANDIDATE_SETS)})"
@@ -150,7 +183,9 @@ class DecisionCodec:
                 raise EnvConfigError(f"level_multipliers must be positive numbers, got {level_multipliers!r}")
         self.scenario = scenario
         self.control = control
-        self.controlled = CONTROLS[control]
+        self.controlled = CONTROLS[control] | ({DecisionKind.REBALANCE} if rebalance else set())
+        self.rebalance = bool(rebalance)
+        self.placement_starts = placement_starts
         self.builtin = builtin
         self.num_candidates = int(num_candidates)
         self.max_servers = int(max_servers)
@@ -164,10 +199,12 @@ class DecisionCodec:
         self._fixed = [
             fixed_levels(scenario, j, self.design_sessions, self.place_session_bytes, mults) for j in range(S)
         ]
+        self._max_blocks = [max((lv.num_blocks for lv in f if lv.valid), default=0) for f in self._fixed]
         self.n_place = self.num_levels * L if DecisionKind.PLACE in self.controlled else 0
         self.n_route = self.num_candidates if DecisionKind.ROUTE in self.controlled else 0
         self.route_offset = self.n_place
-        self.n_actions = self.n_place + self.n_route
+        self.keep_action = self.n_place + self.n_route if rebalance else -1
+        self.n_actions = self.n_place + self.n_route + (1 if rebalance else 0)
         self.chains = ChainGenerator(scenario, self.num_candidates, candidate_set)
         self.candidate_set = candidate_set
         self.features = ObservationBuilder(
@@ -199,7 +236,7 @@ class DecisionCodec:
     def prepare(self, view: SwarmView, decision: Decision, answer: Any) -> Pending | None:
         """The :class:`Pending` decision offered to the agent, given the built-in ``answer``; None if there
         is nothing to choose (a ROUTE the built-in decider answers with None: no chain exists)."""
-        if decision.kind == DecisionKind.PLACE:
+        if decision.kind != DecisionKind.ROUTE:
             return self._prepare_place(view, decision, answer)
         if answer is None:
             return None
@@ -218,30 +255,87 @@ class DecisionCodec:
         return Pending(decision, answer, mask, off, candidates=cands, free=free)
 
     def _prepare_place(self, view: SwarmView, decision: Decision, answer: Any) -> Pending:
+        """A PLACE or REBALANCE pending decision (REBALANCE: KEEP is valid and a None answer is KEEP)."""
         j = decision.server
         L = self.num_blocks
         fixed = self._fixed[j]
-        where = f"{self.builtin.name}: placement for server {j} at t={view.now:.3f}s"
-        if not isinstance(answer, tuple) or len(answer) not in (2, 3):
+        rebalance = decision.kind == DecisionKind.REBALANCE
+        what = "rebalance" if rebalance else "placement"
+        where = f"{self.builtin.name}: {what} for server {j} at t={view.now:.3f}s"
+        keep = rebalance and answer is None
+        if keep:  # the server's current placement is the builtin level (moving it elsewhere is an action)
+            s = view.servers[j]
+            answer_level = (s.start, s.end - s.start, s.cache_capacity)
+        else:
+            answer_level = answer
+        if not isinstance(answer_level, tuple) or len(answer_level) not in (2, 3):
             raise DeciderError(
                 f"{where}: expected Placement(start, num_blocks[, cache_bytes]), got {answer!r}"
             )
         try:
-            levels = [*fixed, builtin_level(self.scenario, j, answer, fixed)]
+            levels = [*fixed, builtin_level(self.scenario, j, answer_level, fixed)]
         except (TypeError, ValueError):
             raise DeciderError(f"{where}: expected integer fields, got {answer!r}") from None
         mask = np.zeros(self.n_actions, dtype=np.int8)
+        gap = None
+        smallest = 0  # the fewest blocks a level may have
+        if self.placement_starts == "gaps":
+            gap, uncovered = self._first_gap(view, j)
+            if uncovered:
+                offline = ServerStatus.OFFLINE
+                spare = sum(self._max_blocks[s.id] for s in view.servers if s.id != j and s.status == offline)
+                largest = max((lv.num_blocks for lv in levels if lv.valid), default=0)
+                smallest = min(uncovered - spare, largest)
         for i, lv in enumerate(levels):
-            if lv.valid:
-                mask[i * L : i * L + L - lv.num_blocks + 1] = 1
+            if not lv.valid or lv.num_blocks < smallest:
+                continue
+            m = lv.num_blocks
+            if gap is None:
+                mask[i * L : i * L + L - m + 1] = 1
+            else:
+                for start in (gap[0], gap[1] - m):
+                    mask[i * L + min(max(start, 0), L - m)] = 1
+        if rebalance:
+            mask[self.keep_action] = 1
         pending = Pending(decision, answer, mask, -1, levels=levels)
         try:
-            default = self.encode(pending, answer)
+            default = self.keep_action if keep else self.encode(pending, answer)
         except InvalidActionError as exc:
             raise DeciderError(f"{where}: {exc}") from None
+        if not mask[default]:  # "gaps": the built-in placement is not one of them; offer the nearest
+            default = self._nearest(mask, levels, default)
+            pending.answer = levels[default // L].placement(default % L)
         pending.default_action = default
-        pending.builtin_level = default // L
+        pending.builtin_level = len(levels) - 1 if keep else default // L
         return pending
+
+    def _nearest(self, mask: np.ndarray, levels: list[Level], action: int) -> int:
+        """The valid PLACE action nearest to ``action``: the closest number of blocks, then start."""
+        L = self.num_blocks
+        m, start = levels[action // L].num_blocks, action % L
+        valid = np.flatnonzero(mask[: self.n_place])
+        return int(min(valid, key=lambda a: (abs(levels[a // L].num_blocks - m), abs(a % L - start), a)))
+
+    @staticmethod
+    def _first_gap(view: SwarmView, server: int) -> tuple[tuple[int, int], int]:
+        """([first, end) of the leftmost maximal run of least-covered blocks, the number of uncovered
+        blocks), counting ONLINE and LOADING servers other than ``server``."""
+        L = view.num_blocks
+        cover = [0] * (L + 1)
+        for s in view.servers:
+            if s.id != server and s.start >= 0 and s.status in (ServerStatus.ONLINE, ServerStatus.LOADING):
+                cover[s.start] += 1
+                cover[s.end] -= 1
+        running, counts = 0, []
+        for b in range(L):
+            running += cover[b]
+            counts.append(running)
+        low = min(counts)
+        first = counts.index(low)
+        end = first
+        while end < L and counts[end] == low:
+            end += 1
+        return (first, end), counts.count(0)
 
     # ----------------------------------------------------------------------------------------------
     def observe(self, view: SwarmView, pending: Pending) -> np.ndarray:
@@ -264,7 +358,9 @@ class DecisionCodec:
         """The answer (Placement or Route) for a valid ``action`` (the built-in answer for the default)."""
         if action == pending.default_action:
             return pending.answer
-        if pending.decision.kind == DecisionKind.PLACE:
+        if action == self.keep_action:
+            return None
+        if pending.decision.kind != DecisionKind.ROUTE:
             level, start = divmod(action, self.num_blocks)
             return pending.levels[level].placement(start)
         cands = pending.candidates
@@ -276,7 +372,11 @@ class DecisionCodec:
         InvalidActionError if no valid action expresses it."""
         L = self.num_blocks
         kind = pending.decision.kind
-        if kind == DecisionKind.PLACE:
+        if kind == DecisionKind.REBALANCE and answer is None:
+            if not self.rebalance:
+                raise InvalidActionError("KEEP is an action only with rebalance control")
+            return self.keep_action
+        if kind != DecisionKind.ROUTE:
             if DecisionKind.PLACE not in self.controlled:
                 raise InvalidActionError(f"control {self.control!r} has no PLACE actions")
             if not isinstance(answer, tuple) or len(answer) not in (2, 3):
@@ -328,7 +428,9 @@ class DecisionCodec:
                     f"cache {lv.cache_bytes / 1e9:.3g} GB{'' if lv.valid else ', level unavailable'}"
                 )
             return f"PLACE level {level} {name!r} at start {start}"
-        if self.n_place <= action < self.n_actions:
+        if action == self.keep_action:
+            return "KEEP: the server stays as it is"
+        if self.n_place <= action < self.n_place + self.n_route:
             i = action - self.route_offset
             if pending is not None and pending.candidates is not None:
                 cands = pending.candidates
@@ -346,6 +448,7 @@ def format_chain(chain: Chain) -> str:
 
 __all__ = [
     "CONTROLS",
+    "PLACEMENT_STARTS",
     "DecisionCodec",
     "EnvConfigError",
     "InvalidActionError",

@@ -30,7 +30,7 @@ from petalgym.swarm import Request, ServerStatus, SwarmView
 #: Upper bound of every observation value (values are clipped into [0, OBS_CLIP]).
 OBS_CLIP = 10.0
 
-#: Feature sets: ``"v0"`` (the shipped agents') and ``"v1"``: v0 + the ``load`` part, and every count over
+#: Feature sets: ``"v0"`` (the shipped agents') and ``"v1"``: v0 + the ``context`` part, and every count over
 #: |R| (sessions, free sessions and slots, reservations, coverage) passed through log1p, so that none sits at
 #: OBS_CLIP (v0's ``free_slots_per_R`` is clipped in almost every decision of the paper's settings).
 FEATURE_SETS = ("v0", "v1")
@@ -123,7 +123,8 @@ PART_FEATURES: dict[str, tuple[str, ...]] = {
         "hops_per_8",
         "tightest_free_sessions_per_R",  # min over its hops of free cache / (blocks s_c), / |R|
     ),
-    "load": (  # feature set v1; all log1p
+    "context": (  # feature set v1: the decision's context and the request load (counts through log1p)
+        "is_rebalance",  # a REBALANCE tick (is_place is 1 too: the server part describes the server)
         "arrival_rate_per_mean",  # arrivals/s smoothed over 60 s (swarm.RequestLoad) / the workload's mean
         "in_flight_per_R",  # requests in the system / |R|
         "running_per_R",  # requests generating / |R|
@@ -144,8 +145,8 @@ class ObservationBuilder:
     """Builds observations for one scenario and configuration.
 
     Shapes: ``decision`` (8,), ``request`` (8,), ``server`` (6,), ``levels`` (num_levels, 5), ``servers``
-    (max_servers, 16), ``blocks`` (L, 3), ``candidates`` (K, 8), ``load`` (5,); the parts present depend
-    on ``control`` (:data:`CONTROL_PARTS`) and ``feature_set`` (``"v1"`` appends ``load``).
+    (max_servers, 16), ``blocks`` (L, 3), ``candidates`` (K, 8), ``context`` (6,); the parts present
+    depend on ``control`` (:data:`CONTROL_PARTS`) and ``feature_set`` (``"v1"`` appends ``context``).
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class ObservationBuilder:
             raise ValueError(f"unknown feature set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
         self.scenario = scenario
         self.feature_set = feature_set
-        self.parts = CONTROL_PARTS[control] + (("load",) if feature_set == "v1" else ())
+        self.parts = CONTROL_PARTS[control] + (("context",) if feature_set == "v1" else ())
         L = scenario.num_blocks
         S = scenario.num_servers
         self.max_servers = max_servers
@@ -481,16 +482,16 @@ class ObservationBuilder:
                 v["candidates"][:] = self._candidate_features(view, req, candidates, free)
             else:
                 v["candidates"][:] = 0.0
-        if "load" in v:
+        if "context" in v:
             load = view.load
-            v["load"][:] = (
-                load.arrival_rate(view.now) / self._mean_rate,
-                load.in_flight / R,
-                load.running / R,
-                load.waiting / R,
-                sum(n_reserved) / R,
+            v["context"][:] = (
+                1.0 if decision.kind == DecisionKind.REBALANCE else 0.0,
+                math.log1p(load.arrival_rate(view.now) / self._mean_rate),
+                math.log1p(load.in_flight / R),
+                math.log1p(load.running / R),
+                math.log1p(load.waiting / R),
+                math.log1p(sum(n_reserved) / R),
             )
-            np.log1p(v["load"], out=v["load"])
 
         buf = self._buf
         np.fmax(buf, 0.0, out=buf)  # NaN -> 0, -inf -> 0

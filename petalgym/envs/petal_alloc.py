@@ -92,6 +92,13 @@ class PetalAllocEnv(gym.Env):
         candidate_set: ROUTE candidates: ``"ws-rr"`` (the built-in chain, WS-RR's k best, PETALS') or
             ``"mixed"`` (built-in, free now without waiting, PETALS', least-loaded, fewest hops, then
             WS-RR's; :data:`petalgym.envs.candidates.CANDIDATE_SETS`).
+        rebalance_period_s: give the agent REBALANCE decisions too (needs control ``"joint"`` or
+            ``"placement"``): every ONLINE server is offered one at intervals uniform in [0, 2 x period] s
+            (replacing the built-in decider's own period); the action KEEP (the last) keeps it, a PLACE
+            action moves it (it reloads). None: the built-in decider answers its own ticks, if any.
+        placement_starts: ``"any"`` or ``"gaps"`` (PLACE / REBALANCE starts aligned with the first
+            coverage gap, so that random valid placements cover the model;
+            :data:`petalgym.envs.codec.PLACEMENT_STARTS`).
         time_limit_s: truncate the episode at the first agent decision at or after this simulated time (s);
             None: run to the end.
         invalid_action: ``"default"`` (the default: a masked or out-of-range action is replaced by the
@@ -130,6 +137,8 @@ class PetalAllocEnv(gym.Env):
         time_limit_s: float | None = None,
         feature_set: str = "v0",
         candidate_set: str = "ws-rr",
+        rebalance_period_s: float | None = None,
+        placement_starts: str = "any",
     ):
         try:
             self._configure(
@@ -152,6 +161,8 @@ class PetalAllocEnv(gym.Env):
                 time_limit_s=time_limit_s,
                 feature_set=feature_set,
                 candidate_set=candidate_set,
+                rebalance_period_s=rebalance_period_s,
+                placement_starts=placement_starts,
             )
         except PetalgymError as exc:  # name the env id that was made
             raise type(exc)(f"{self.env_id}: {exc}") from None
@@ -188,6 +199,8 @@ class PetalAllocEnv(gym.Env):
         time_limit_s: float | None,
         feature_set: str,
         candidate_set: str,
+        rebalance_period_s: float | None,
+        placement_starts: str,
     ) -> None:
         """Check and store the arguments (see the class docstring), build the codec and the spaces."""
         if control not in CONTROLS:
@@ -245,7 +258,15 @@ class PetalAllocEnv(gym.Env):
             level_multipliers,
             feature_set=feature_set,
             candidate_set=candidate_set,
+            rebalance=rebalance_period_s is not None,
+            placement_starts=placement_starts,
         )
+        self.rebalance_period_s = (
+            self.builtin.rebalance_period_s
+            if rebalance_period_s is None
+            else _number("rebalance_period_s", rebalance_period_s, 0.0, strict=True)
+        )
+        self.placement_starts = placement_starts
         self.feature_set = feature_set
         self.candidate_set = candidate_set
         self.num_candidates = self.codec.num_candidates
@@ -273,7 +294,7 @@ class PetalAllocEnv(gym.Env):
                     raise EnvConfigError(f"reset: options['sim_seed'] must be an integer >= 0, got {s!r}")
                 sim_seed = int(s)
         self.sim_seed = sim_seed
-        self.sim = Simulator(self.scenario, sim_seed, rebalance_period_s=self.builtin.rebalance_period_s)
+        self.sim = Simulator(self.scenario, sim_seed, rebalance_period_s=self.rebalance_period_s)
         if _ROUTE not in self.codec.controlled:  # the built-in decider answers every retry
             self.sim.retry_decider = self.builtin
             self.sim.route_listener = self.builtin
@@ -406,8 +427,7 @@ class PetalAllocEnv(gym.Env):
             elif kind == _PLACE:
                 answer = builtin.place(view, d.server)
             else:
-                sim.apply(builtin.rebalance(view, d.server), name)
-                continue
+                answer = builtin.rebalance(view, d.server)
             if kind in codec.controlled:
                 pending = codec.prepare(view, d, answer)
                 if pending is not None:
