@@ -1,11 +1,13 @@
 """Environment steps per second of PetalRouting-v0, PetalPlacement-v0 and PetalAlloc-v0, beside CartPole-v1.
 
 Usage: python benchmarks/env_speed.py [--seconds 3] [--scenarios clustered-9,bellcanada-26] [--envs ...]
+       python benchmarks/env_speed.py --tasks all   (every petalgym-bench task's environment instead)
 
 Each env is built with ``gym.make`` (default wrappers) and played with uniformly random *masked* actions
 (drawn from ``info["action_mask"]``) for about ``--seconds`` of wall clock, resets included: steps/s is
 what a rollout worker gets. CartPole-v1 is measured in the same run, the same way (random actions), so the
-ratio PetalX / CartPole is roughly machine-independent. Target: >= 5,000 steps/s on bellcanada-26 routing.
+ratio PetalX / CartPole is roughly machine-independent. Target: >= 5,000 steps/s on bellcanada-26 routing;
+for the tasks (issue 14) >= 2,000 steps/s on every task and >= 0.2x CartPole on the routing tasks.
 Run it on an idle machine: other processes on the same cores lower every number (CartPole too).
 """
 
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import petalgym  # noqa: F401  (registers the environments)
+from petalgym.tasks import get_task, list_tasks
 
 ENV_IDS = ("PetalRouting-v0", "PetalPlacement-v0", "PetalAlloc-v0")
 TARGET = ("PetalRouting-v0", "bellcanada-26", 5000.0)
@@ -62,7 +65,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="wall-clock seconds per measurement")
     parser.add_argument("--scenarios", default="clustered-9,bellcanada-26")
     parser.add_argument("--envs", default=",".join(ENV_IDS))
+    parser.add_argument("--tasks", help="comma-separated task names, or 'all': measure their environments")
     args = parser.parse_args()
+    if args.tasks:
+        measure_tasks(args.tasks, args.seconds)
+        return
 
     cartpole = gym.make("CartPole-v1")
     base = measure(cartpole, args.seconds, masked=False)["steps_per_s"]
@@ -96,6 +103,35 @@ def main() -> None:
     console.print(table)
     if verdict:
         console.print(verdict)
+
+
+def measure_tasks(names: str, seconds: float) -> None:
+    """One row per task: its environment (``gym.make(task.id)``) under random masked actions."""
+    tasks = list_tasks() if names == "all" else [get_task(n) for n in names.split(",")]
+    cartpole = gym.make("CartPole-v1")
+    base = measure(cartpole, seconds, masked=False)["steps_per_s"]
+    cartpole.close()
+    title = f"Task env steps/s, random masked actions (CartPole-v1: {base:,.0f} steps/s in this run)"
+    table = Table(title=title)
+    for col in ("task", "control", "steps/s", "x CartPole", "steps/episode", "reset ms", "step us", "goal"):
+        table.add_column(col, justify="left" if col in ("task", "control", "goal") else "right")
+    for task in tasks:
+        env = gym.make(task.id)
+        m = measure(env, seconds)
+        env.close()
+        ratio = m["steps_per_s"] / base
+        goal = m["steps_per_s"] >= 2000 and (task.control != "routing" or ratio >= 0.2)
+        table.add_row(
+            task.id,
+            task.control,
+            f"{m['steps_per_s']:,.0f}",
+            f"{ratio:.3f}",
+            f"{m['steps_per_episode']:.0f}",
+            f"{m['reset_ms']:.2f}",
+            f"{m['step_us']:.0f}",
+            "met" if goal else "NOT met",
+        )
+    Console(width=130).print(table)
 
 
 if __name__ == "__main__":

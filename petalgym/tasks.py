@@ -16,7 +16,7 @@ from typing import Any
 from petalgym.errors import UsageError
 from petalgym.scenario import Scenario, load_scenario
 
-__all__ = ["TASKS", "Task", "get_task", "list_tasks", "make_task", "register_tasks"]
+__all__ = ["DEFAULT_ENV_OPTIONS", "TASKS", "Task", "get_task", "list_tasks", "make_task", "register_tasks"]
 
 #: Baseline knobs tuned on the train seeds (every grid includes the default).
 DEFAULT_GRID: dict[str, dict[str, list[Any]]] = {
@@ -26,6 +26,15 @@ DEFAULT_GRID: dict[str, dict[str, list[Any]]] = {
     "parallax": {"max_requests": [8, 16, 32]},
     "shortest": {"cache_share": [0.3, 0.5, 0.7]},
 }
+#: Environment options of every task (feature set v1, the dense holding-cost reward, candidates by
+#: several rules, gap-aligned placement starts); a task may add to them (e.g. REBALANCE control).
+DEFAULT_ENV_OPTIONS: dict[str, Any] = {
+    "feature_set": "v1",
+    "reward": "holding",
+    "candidate_set": "mixed",
+    "placement_starts": "gaps",
+}
+
 #: Baselines every task compares (``random`` is the 0 of the normalised score).
 DEFAULT_BASELINES = ("petals", "petals-opt-rr", "cg-bp-ws-rr", "gbp-cr-jffc", "parallax", "shortest")
 
@@ -45,6 +54,8 @@ class Task:
         metric: the summary metric scores are given in (``per_token_s``: s per output token, lower is
             better).
         reward: the environment's reward definition, in words.
+        env_options: keyword arguments of the environment besides scenario, control and overrides
+            (:data:`DEFAULT_ENV_OPTIONS` and the task's own).
         baselines: the registered deciders compared (besides ``random``).
         grid: per baseline, keyword -> values tuned on the train seeds.
     """
@@ -60,8 +71,10 @@ class Task:
     test_seeds: range = range(200, 210)
     metric: str = "per_token_s"
     reward: str = (
-        "minus each completed request's per-token time (s) at its completion, minus 50 per failed request"
+        "minus the holding cost of the requests in the system: 1 / l_out per second each spends there "
+        "(a failure refunds it and costs 50); an episode's return is minus its per-token total"
     )
+    env_options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENV_OPTIONS))
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     grid: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=lambda: dict(DEFAULT_GRID))
 
@@ -80,6 +93,7 @@ class Task:
             "scenario": self.scenario,
             "control": self.control,
             "scenario_overrides": dict(self.overrides),
+            **dict(self.env_options),
         }
 
 
@@ -140,6 +154,27 @@ TASKS: dict[str, Task] = {
             {},
             "routing",
             test_seeds=range(200, 205),
+        ),
+        Task(
+            "LargeSwarm",
+            0,
+            "128 mixed GPUs on spot instances serving Llama-3.1-70B to 8 clients from the Azure conversation "
+            "trace, fifo contention: routing at the scale of a public swarm.",
+            "llama70b-swarm-128",
+            {},
+            "routing",
+            test_seeds=range(200, 205),
+        ),
+        Task(
+            "DiurnalLoad",
+            0,
+            "48 mixed GPUs serving Llama-3.1-70B under a load that swings 20x over a 2-hour cycle, fifo "
+            "contention; the agent places, routes and may move servers every ~10 minutes (KEEP or move).",
+            "llama70b-diurnal-48",
+            {},
+            "joint",
+            test_seeds=range(200, 205),
+            env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 600.0},
         ),
     )
 }

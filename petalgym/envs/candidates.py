@@ -33,6 +33,7 @@ from petalgym.perfmodel import (
     petals_cache_bytes_per_block,
     petals_num_blocks,
     remaining_lengths,
+    shortest_chain,
 )
 from petalgym.scenario import Scenario
 from petalgym.swarm import Request, ServerStatus, SwarmView
@@ -332,8 +333,7 @@ class ChainGenerator:
             ("least-loaded", [x + y for x, y in zip(load, tie_fixed, strict=True)], tie_block, None),
             ("fewest-hops", [1.0 + y for y in tie_fixed], tie_block, None),
         ):
-            found = k_best_chains(spans, f, w, L, start, 1, wait)
-            out[name] = found[0][1] if found else ()
+            out[name] = shortest_chain(spans, f, w, L, start, wait)[1]
         return out
 
     # the candidates -------------------------------------------------------------------------------
