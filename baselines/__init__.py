@@ -13,6 +13,7 @@ BASELINES: dict[str, str] = {
     "cg-bp-ws-rr": "petalgym.baselines.cg:CGBPWSRRDecider",
     "milp": "petalgym.baselines.milp:MILPDecider",
     "random": "petalgym.baselines.simple:RandomDecider",
+    "random-actions": "petalgym.envs.adapter:RandomActionsDecider",
     "round-robin": "petalgym.baselines.simple:RoundRobinDecider",
     "petals-opt-order": "petalgym.baselines.ablations:optimized_order",
     "petals-opt-number": "petalgym.baselines.ablations:optimized_number",

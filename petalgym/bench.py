@@ -7,8 +7,9 @@ For a :class:`~petalgym.tasks.Task`:
 * every baseline tuned on the train seeds over the task's grid: the point with the fewest failed requests,
   then the lowest mean metric, re-run on the test seeds (kind ``tuned-baseline``; the grid and its train
   scores are reported);
-* the ``random`` decider (random feasible placements and chains; kind ``random``), the 0 of the
-  normalised score, whose 1 is the best tuned baseline;
+* ``random``: uniformly random valid actions of the task's environment
+  (:class:`~petalgym.envs.adapter.RandomActionsDecider`; kind ``random``), the 0 of the normalised score,
+  whose 1 is the best tuned baseline;
 * the bound: each episode's larger valid lower bound (:func:`petalgym.bounds.episode_bound`: alone on the
   best chain, or memory capacity) averaged over the test seeds (and over the validation seeds for the
   headroom = (best tuned - bound) / best tuned, with the best tuned baseline re-run there).
@@ -135,7 +136,8 @@ def bench(
             chosen[name] = best["args"]
 
     # final runs on the test seeds
-    finals = [(n, {}) for n in names] + [(n, a) for n, a in chosen.items() if a] + [("random", {})]
+    random_spec = ("random-actions", {"task": task.name})
+    finals = [(n, {}) for n in names] + [(n, a) for n, a in chosen.items() if a] + [random_spec]
     test_rows = run(finals, test, "test")
     deciders: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -147,7 +149,7 @@ def bench(
             "args": args,
             **_score(test_rows[_label(name, args)], metric),
         }
-    deciders["random"] = {"kind": "random", **_score(test_rows["random"], metric)}
+    deciders["random"] = {"kind": "random", **_score(test_rows[_label(*random_spec)], metric)}
 
     bound, bound_kind = _bound(scenario, test, metric)
     out: dict[str, Any] = {

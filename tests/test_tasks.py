@@ -111,3 +111,28 @@ def test_cli_lists_tasks_and_rejects_bad_bench_arguments(tmp_path, capsys):
     assert main(["bench", "--task", "PaperClustered", "--test-seeds", "5-2", "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--test-seeds '5-2'" in err and "Traceback" not in err and not out.exists()
+
+
+def test_random_valid_actions_are_the_tasks_zero():
+    """``random-actions`` plays uniformly random valid actions of the task's env (no invalid action, the
+    same episode for the same seed); with gap-aligned starts it covers the model, so nothing fails, and it
+    is worse than the default heuristic."""
+    from petalgym.envs.adapter import RandomActionsDecider
+
+    task = get_task("PaperClustered")
+    scenario = task.load_scenario()
+    runs = []
+    for _ in range(2):
+        decider = make_decider("random-actions", task=task.name)
+        assert isinstance(decider, RandomActionsDecider) and decider.invalid_action == "raise"
+        assert decider.candidate_set == "mixed" and decider.placement_starts == "gaps"
+        runs.append(simulate(scenario, decider, 200))
+    a = runs[0].summary()
+    assert [q.per_token for q in runs[0].requests] == [q.per_token for q in runs[1].requests]
+    assert a["failed"] == 0 and a["completed"] == a["arrived"] == 200
+    heuristic = simulate(scenario, make_decider("cg-bp-ws-rr"), 200).summary()
+    assert a["per_token_s"] > heuristic["per_token_s"]
+    other = simulate(scenario, make_decider("random-actions", task=task.name), 201).summary()
+    assert other["per_token_s"] != a["per_token_s"]
+    with pytest.raises(UsageError, match="unknown task"):
+        make_decider("random-actions", task="Nope")

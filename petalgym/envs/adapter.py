@@ -261,4 +261,50 @@ class PolicyDecider(Decider):
         return codec.decode(pending, action)
 
 
-__all__ = ["DeciderPolicy", "Policy", "PolicyDecider", "sb3_policy"]
+class RandomValidPolicy:
+    """Uniform over the valid actions of each decision, drawn from ``rng`` (set by the decider's reset)."""
+
+    def __init__(self, rng: np.random.Generator | None = None):
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def __call__(self, obs: Any, mask: np.ndarray) -> int:
+        valid = np.flatnonzero(mask)
+        return int(valid[self.rng.integers(len(valid))])
+
+
+class RandomActionsDecider(PolicyDecider):
+    """Uniformly random valid actions of a petalgym-bench task's environment, as a Decider: the 0 of the
+    task's normalised score. What the agent does not control (and REBALANCE ticks, unless the task gives
+    the agent them) the task's built-in decider does, as in the env.
+
+    Args:
+        task: the task's name (:func:`petalgym.tasks.get_task`).
+    """
+
+    def __init__(self, task: str):
+        from petalgym.tasks import get_task
+
+        t = get_task(task)
+        fixed = t.env_kwargs()
+        known = set(inspect.signature(PolicyDecider.__init__).parameters) - {"self", "policy", "name"}
+        super().__init__(
+            RandomValidPolicy(), name="random-actions", **{k: v for k, v in fixed.items() if k in known}
+        )
+        self.task = t.name
+
+    def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
+        super().reset(scenario, rng)
+        self.policy.rng = np.random.default_rng(int(rng.integers(2**63)))  # from the episode's decider stream
+
+    def describe(self) -> str:
+        return f"random valid actions of task {self.task} (control={self.control})"
+
+
+__all__ = [
+    "DeciderPolicy",
+    "Policy",
+    "PolicyDecider",
+    "RandomActionsDecider",
+    "RandomValidPolicy",
+    "sb3_policy",
+]
