@@ -230,6 +230,9 @@ class PolicyDecider(Decider):
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
         return self._decide(view, Decision(DecisionKind.REBALANCE, view.now, server=server))
 
+    def route_ended(self, view: SwarmView, request: Request) -> None:
+        self.builtin.route_ended(view, request)  # its job counts, as in the env
+
     def describe(self) -> str:
         return f"{self.name} (control={self.control}, built-in {self.builtin.describe()})"
 

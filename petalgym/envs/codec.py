@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from petalgym.deciders import Decider, Route
+from petalgym.deciders import Decider, Enqueue, Route
 from petalgym.design import design_num_sessions, workload_lengths
 from petalgym.envs.candidates import (
     CANDIDATE_SETS,
@@ -235,10 +235,12 @@ class DecisionCodec:
 
     def prepare(self, view: SwarmView, decision: Decision, answer: Any) -> Pending | None:
         """The :class:`Pending` decision offered to the agent, given the built-in ``answer``; None if there
-        is nothing to choose (a ROUTE the built-in decider answers with None: no chain exists)."""
+        is nothing to choose (a ROUTE the built-in decider answers with None: no chain exists; or with
+        :class:`~petalgym.deciders.Enqueue`: the request joins a client-side queue, and the agent routes it
+        when the queue offers it again)."""
         if decision.kind != DecisionKind.ROUTE:
             return self._prepare_place(view, decision, answer)
-        if answer is None:
+        if answer is None or isinstance(answer, Enqueue):
             return None
         try:
             chain, wait = normalise_chain(answer)

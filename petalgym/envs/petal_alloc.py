@@ -297,7 +297,8 @@ class PetalAllocEnv(gym.Env):
         self.sim = Simulator(self.scenario, sim_seed, rebalance_period_s=self.rebalance_period_s)
         if _ROUTE not in self.codec.controlled:  # the built-in decider answers every retry
             self.sim.retry_decider = self.builtin
-            self.sim.route_listener = self.builtin
+        # the built-in decider hears of every ended route (JFFC's and Parallax's job counts), whoever chose it
+        self.sim.route_listener = self.builtin
         self.sim.view.allocation_delay_s = self.builtin.allocation_delay_s  # the built-in method's
         self._decider_rng_state = copy.deepcopy(self.sim.decider_rng.bit_generator.state)
         self.builtin.reset(self.scenario, self.sim.decider_rng)
