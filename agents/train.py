@@ -205,7 +205,7 @@ def resolved_env(env: PetalAllocEnv) -> dict[str, Any]:
         "invalid_action": env.invalid_action,
         "feature_set": env.feature_set,
         "candidate_set": env.candidate_set,
-        "rebalance_period_s": env.rebalance_period_s if env.codec.rebalance else None,
+        "rebalance_period_s": env.agent_rebalance_period_s,
         "placement_starts": env.placement_starts,
     }
 

@@ -310,3 +310,27 @@ def test_policy_decider_over_a_central_queue_builtin_equals_env() -> None:
     for (o1, _, a1), (o2, _, a2) in zip(in_env.log, in_sim.log, strict=True):
         assert a1 == a2
         np.testing.assert_array_equal(o1, o2)
+
+
+@pytest.mark.parametrize("control", ["placement", "routing"])
+def test_a_builtin_that_sets_its_balance_period_in_reset_is_reproduced(control: str) -> None:
+    """Parallax sets its rebalance period in reset() (from the scenario); the env must read it after the
+    reset, as Simulator.run does, or its episodes drift from simulate()'s (they did: 1.66 vs 0.54 s per
+    token on MixedSpot seed 101)."""
+    over = {"workload.trace.duration_s": 60, "workload.warmup_s": 0}
+    env = gym.make(
+        "PetalAlloc-v0",
+        scenario="llama70b-mixed-spot",
+        control=control,
+        decider="parallax",
+        scenario_overrides=over,
+    )
+    _, info = env.reset(seed=0)
+    assert env.unwrapped.sim.rebalance_period_s == env.unwrapped.builtin.rebalance_period_s is not None
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(info["default_action"])
+        done = terminated or truncated
+    direct = direct_run(env, make_decider("parallax"))
+    assert outcome(env.unwrapped.sim.requests) == outcome(direct.requests)
+    assert direct.extra["moves"] > 0 or direct.decisions["REBALANCE"] > 0

@@ -171,8 +171,8 @@ class PolicyDecider(Decider):
         self.name = name
         self.controls_rebalance = rebalance_period_s is not None  # the policy takes REBALANCE decisions
         self.placement_starts = placement_starts
-        own = self.builtin.rebalance_period_s
-        self.rebalance_period_s = own if rebalance_period_s is None else float(rebalance_period_s)
+        self.agent_rebalance_period_s = None if rebalance_period_s is None else float(rebalance_period_s)
+        self.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
         self.codec: DecisionCodec | None = None
         self.invalid_actions = 0  # replaced actions (invalid_action="default"), over all episodes
 
@@ -196,7 +196,7 @@ class PolicyDecider(Decider):
             invalid_action=u.invalid_action,
             feature_set=u.feature_set,
             candidate_set=u.candidate_set,
-            rebalance_period_s=u.rebalance_period_s if u.codec.rebalance else None,
+            rebalance_period_s=u.agent_rebalance_period_s,
             placement_starts=u.placement_starts,
             name=name,
         )
@@ -205,6 +205,8 @@ class PolicyDecider(Decider):
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         super().reset(scenario, rng)
         self.builtin.reset(scenario, rng)
+        # read by Simulator.run after this reset; the built-in decider may set its own in reset
+        self.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
         if self.codec is None or self.codec.scenario is not scenario:
             self.codec = DecisionCodec(
                 scenario,

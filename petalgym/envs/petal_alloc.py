@@ -261,8 +261,8 @@ class PetalAllocEnv(gym.Env):
             rebalance=rebalance_period_s is not None,
             placement_starts=placement_starts,
         )
-        self.rebalance_period_s = (
-            self.builtin.rebalance_period_s
+        self.agent_rebalance_period_s = (  # the agent's REBALANCE ticks (None: the built-in decider's own)
+            None
             if rebalance_period_s is None
             else _number("rebalance_period_s", rebalance_period_s, 0.0, strict=True)
         )
@@ -294,7 +294,7 @@ class PetalAllocEnv(gym.Env):
                     raise EnvConfigError(f"reset: options['sim_seed'] must be an integer >= 0, got {s!r}")
                 sim_seed = int(s)
         self.sim_seed = sim_seed
-        self.sim = Simulator(self.scenario, sim_seed, rebalance_period_s=self.rebalance_period_s)
+        self.sim = Simulator(self.scenario, sim_seed)
         if _ROUTE not in self.codec.controlled:  # the built-in decider answers every retry
             self.sim.retry_decider = self.builtin
         # the built-in decider hears of every ended route (JFFC's and Parallax's job counts), whoever chose it
@@ -302,6 +302,8 @@ class PetalAllocEnv(gym.Env):
         self.sim.view.allocation_delay_s = self.builtin.allocation_delay_s  # the built-in method's
         self._decider_rng_state = copy.deepcopy(self.sim.decider_rng.bit_generator.state)
         self.builtin.reset(self.scenario, self.sim.decider_rng)
+        # as Simulator.run: a decider may set its balance-check period in reset (Parallax does)
+        self.sim.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
         self.codec.reset()
         self.cost.reset()
         self.episode_id += 1
