@@ -103,7 +103,7 @@ def test_flat_and_dict_observations_agree() -> None:
     dict_env = gym.make("PetalAlloc-v0", obs_mode="dict")
     space = dict_env.observation_space
     assert isinstance(space, gym.spaces.Dict)
-    parts = [p for p in PART_FEATURES if p != "context"]  # "context" is feature set v1's
+    parts = [p for p in PART_FEATURES if p not in ("context", "candidate_rules")]  # v1 only
     assert set(space.spaces) == {*parts, "action_mask"}
     for name in parts:
         assert space[name].shape[-1] == len(PART_FEATURES[name])

@@ -226,3 +226,40 @@ def test_queue_features_move_when_memory_binds() -> None:
     reservations = PART_FEATURES["context"].index("reservations_per_R")
     assert load[:, waiting].max() > load[0, waiting] and load[:, reservations].max() > 0
     assert load.max() < OBS_CLIP
+
+
+def test_candidate_rules_name_each_candidates_rule() -> None:
+    env = gym.make(
+        "PetalRouting-v0",
+        feature_set="v1",
+        candidate_set="mixed",
+        num_candidates=6,
+        obs_mode="dict",
+        scenario="bellcanada-26-churn",
+        scenario_overrides={"workload.horizon_s": 900},
+    )
+    _, info = env.reset(seed=2)
+    columns = {"free-now": 0, "least-loaded": 1, "fewest-hops": 2, "ws-rr": 3}
+    seen = set()
+    done = False
+    while not done:
+        obs = env.unwrapped._observation()
+        cands = env.unwrapped.pending.candidates
+        rules = obs["candidate_rules"]
+        for i, source in enumerate(cands.sources):
+            expected = np.zeros(4)
+            if source in columns:
+                expected[columns[source]] = 1.0
+                seen.add(source)
+            np.testing.assert_array_equal(rules[i, :4], expected)
+            servers = env.unwrapped.sim.servers
+            load = sum(
+                (servers[h.server].used_bytes + servers[h.server].reserved_bytes)
+                / servers[h.server].cache_capacity
+                for h in cands.chains[i]
+            )
+            assert rules[i, 4] == pytest.approx(math.log1p(load), rel=1e-5, abs=1e-6)
+        assert not rules[len(cands.sources) :].any()  # padding rows
+        _, _, terminated, truncated, info = env.step(info["default_action"])
+        done = terminated or truncated
+    assert {"least-loaded", "ws-rr"} <= seen

@@ -30,10 +30,14 @@ from petalgym.swarm import Request, ServerStatus, SwarmView
 #: Upper bound of every observation value (values are clipped into [0, OBS_CLIP]).
 OBS_CLIP = 10.0
 
-#: Feature sets: ``"v0"`` (the shipped agents') and ``"v1"``: v0 + the ``context`` part, and every count over
-#: |R| (sessions, free sessions and slots, reservations, coverage) passed through log1p, so that none sits at
-#: OBS_CLIP (v0's ``free_slots_per_R`` is clipped in almost every decision of the paper's settings).
+#: Feature sets: ``"v0"`` (the shipped agents') and ``"v1"``: v0 + the ``context`` part (decision kind and
+#: request load; and ``candidate_rules`` with ROUTE candidates), and every count over |R| (sessions, free
+#: sessions and slots, reservations, coverage) passed through log1p, so that none sits at OBS_CLIP (v0's
+#: ``free_slots_per_R`` is clipped in almost every decision of the paper's settings).
 FEATURE_SETS = ("v0", "v1")
+
+#: Column of each candidate rule in the ``candidate_rules`` part.
+_RULE_COLUMN = {"free-now": 0, "least-loaded": 1, "fewest-hops": 2, "ws-rr": 3}
 
 #: Features that ``"v1"`` passes through log1p (part -> names).
 LOG_SCALED: dict[str, tuple[str, ...]] = {
@@ -131,6 +135,13 @@ PART_FEATURES: dict[str, tuple[str, ...]] = {
         "waiting_per_R",  # requests in the system not generating (the queue) / |R|
         "reservations_per_R",  # reservations held over all servers / |R|
     ),
+    "candidate_rules": (  # feature set v1, with ROUTE candidates: the rule behind each candidate
+        "is_free_now",
+        "is_least_loaded",
+        "is_fewest_hops",
+        "is_ws_rr",
+        "log_cache_load",  # log1p(sum over its hops of the server's cache in use (held + reserved) / budget)
+    ),
 }
 
 #: Parts present in each control mode, in flat order.
@@ -164,14 +175,23 @@ class ObservationBuilder:
             raise ValueError(f"unknown feature set {feature_set!r} (known: {', '.join(FEATURE_SETS)})")
         self.scenario = scenario
         self.feature_set = feature_set
-        self.parts = CONTROL_PARTS[control] + (("context",) if feature_set == "v1" else ())
+        extra = ()
+        if feature_set == "v1":
+            extra = ("context", "candidate_rules") if "candidates" in CONTROL_PARTS[control] else ("context",)
+        self.parts = CONTROL_PARTS[control] + extra
         L = scenario.num_blocks
         S = scenario.num_servers
         self.max_servers = max_servers
         self.L = L
         self.R = float(max(design_sessions, 1))
         self.place_kv = place_session_bytes
-        rows = {"levels": num_levels, "servers": max_servers, "blocks": L, "candidates": num_candidates}
+        rows = {
+            "levels": num_levels,
+            "servers": max_servers,
+            "blocks": L,
+            "candidates": num_candidates,
+            "candidate_rules": num_candidates,
+        }
         self.shapes: dict[str, tuple[int, ...]] = {}
         for p in self.parts:
             n = len(PART_FEATURES[p])
@@ -492,6 +512,21 @@ class ObservationBuilder:
                 math.log1p(load.waiting / R),
                 math.log1p(sum(n_reserved) / R),
             )
+
+        if "candidate_rules" in v:
+            rules = v["candidate_rules"]
+            rules[:] = 0.0
+            if candidates is not None and req is not None:
+                for i, (source, hops) in enumerate(zip(candidates.sources, candidates.chains, strict=True)):
+                    k = _RULE_COLUMN.get(source)
+                    if k is not None:
+                        rules[i, k] = 1.0
+                    load = 0.0
+                    for h in hops:
+                        s = servers[h.server]
+                        cap = s.cache_capacity
+                        load += (s.used_bytes + s.reserved_bytes) / cap if cap > 0 else 1.0
+                    rules[i, 4] = math.log1p(load)
 
         buf = self._buf
         np.fmax(buf, 0.0, out=buf)  # NaN -> 0, -inf -> 0
