@@ -4,6 +4,10 @@ and the headroom (best tuned - bound) / best tuned on the validation seeds, each
 ``--markdown``, the table as markdown.
 
     python benchmarks/bench_tasks.py [--tasks PaperClustered ...] [--output results/bench] [--markdown FILE]
+                                     [--workers N] [--reuse]
+
+``--reuse`` takes a task's JSON from ``--output`` when it is there (e.g. to rebuild the table after a run)
+instead of computing it again.
 """
 
 from __future__ import annotations
@@ -57,19 +61,36 @@ def row(result: dict) -> list[str]:
     ]
 
 
+def _none_to_nan(value):
+    """JSON nulls (NaN written by ``_nan_to_none``) back to NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _none_to_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="*", default=[t.name for t in list_tasks()])
     ap.add_argument("--output", type=Path, default=Path("results/bench"))
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true", help="read a task's JSON from --output if present")
     args = ap.parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.tasks:
         task = get_task(name)
-        result = bench(task, workers=args.workers, progress=False)
-        (args.output / f"{task.name}.json").write_text(json.dumps(_nan_to_none(result), indent=1))
+        path = args.output / f"{task.name}.json"
+        if args.reuse and path.is_file():
+            result = json.loads(path.read_text(), parse_constant=float)
+            result = _none_to_nan(result)
+        else:
+            result = bench(task, workers=args.workers, progress=False)
+            path.write_text(json.dumps(_nan_to_none(result), indent=1))
         rows.append(row(result))
         Console().print(f"{task.id}: done", highlight=False)
     table = Table(title=f"petalgym-bench tasks: {get_task(args.tasks[0]).metric} on the test seeds")
