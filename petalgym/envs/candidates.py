@@ -327,13 +327,22 @@ class ChainGenerator:
         ]
         tie_fixed = [_TIE_BREAK * f for f in fixed]
         tie_block = [_TIE_BREAK * w for w in per_block]
+        self._sync(view)
         out: dict[str, Chain] = {}
-        for name, f, w, wait in (
-            ("free-now", fixed, per_block, fits),
-            ("least-loaded", [x + y for x, y in zip(load, tie_fixed, strict=True)], tie_block, None),
-            ("fewest-hops", [1.0 + y for y in tie_fixed], tie_block, None),
-        ):
-            out[name] = shortest_chain(spans, f, w, L, start, wait)[1]
+        if self.no_hop_waits(view, self.lacking(view, kv, free)):  # every hop fits: the fastest chain
+            fastest = self.ws_rr_chains(view, request, self.k, True)
+            out["free-now"] = fastest[0] if fastest else ()
+        else:
+            out["free-now"] = shortest_chain(spans, fixed, per_block, L, start, fits)[1]
+        loaded = [x + y for x, y in zip(load, tie_fixed, strict=True)]
+        out["least-loaded"] = shortest_chain(spans, loaded, tie_block, L, start)[1]
+        key = ("fewest-hops", self._placement, request.client, l_in, l_out, start)  # placement-only
+        fewest = self._alt_cache.get(key)
+        if fewest is None:
+            fewest = self._alt_cache[key] = shortest_chain(
+                spans, [1.0 + y for y in tie_fixed], tie_block, L, start
+            )[1]
+        out["fewest-hops"] = fewest
         return out
 
     # the candidates -------------------------------------------------------------------------------
