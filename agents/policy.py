@@ -219,19 +219,11 @@ class AgentDecider(Decider):
                 f"{file} was trained on {m['env_id']} with max_servers={max_servers} (scenario "
                 f"{trained.get('name', '?')}); scenario {scenario.name} has {scenario.num_servers} servers"
             )
-        from petalgym.envs.codec import DecisionCodec
         from petalgym.envs.features import OBS_MODES  # noqa: F401  (validates the import path)
 
         inner = self.inner
         try:
-            codec = DecisionCodec(
-                scenario,
-                inner.control,
-                inner.builtin,
-                inner.num_candidates,
-                inner.max_servers,
-                inner.level_multipliers,
-            )
+            codec = inner.make_codec(scenario)
         except PetalgymError as exc:
             raise AgentLoadError(f"{file}: cannot run on scenario {scenario.name}: {exc}") from None
         obs = _shape(codec.features.space(inner.obs_mode, codec.n_actions))

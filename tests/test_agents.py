@@ -404,3 +404,38 @@ def test_expert_play_clones_several_deciders_within_the_mask():
     assert (data["returns"] <= 0).all()  # minus per-token times
     # the experts disagree: CG-BP at half its design |R| places other windows than the built-in CG-BP
     assert len(set(data["actions"].tolist())) > 9
+
+
+def test_an_agent_trained_with_the_task_options_loads_and_replays(tmp_path):
+    """An agent trained on an env with feature set v1, mixed candidates, gap starts and REBALANCE control
+    records them and is rebuilt with them (the observation and action shapes depend on them)."""
+    options = {
+        "env_kwargs.max_servers": 9,
+        "env_kwargs.feature_set": "v1",
+        "env_kwargs.candidate_set": "mixed",
+        "env_kwargs.placement_starts": "gaps",
+        "env_kwargs.rebalance_period_s": 60.0,
+        "env_kwargs.reward": "holding",
+    }
+    run = train(
+        "PetalAlloc-v0",
+        output=tmp_path,
+        scenario="clustered-9",
+        timesteps=128,
+        seed=1,
+        hyperparams={**FAST_PPO, **options},
+        scenario_overrides=SMALL,
+        eval_freq=0,
+        checkpoint_freq=0,
+        tensorboard=False,
+        progress=False,
+    )
+    meta = json.loads(run.model_path.with_suffix(".json").read_text())
+    resolved = meta["resolved_env"]
+    assert resolved["feature_set"] == "v1" and resolved["candidate_set"] == "mixed"
+    assert resolved["placement_starts"] == "gaps" and resolved["rebalance_period_s"] == 60.0
+    decider = AgentDecider(run.model_path)
+    assert decider.inner.controls_rebalance and decider.inner.rebalance_period_s == 60.0
+    result = petalgym.simulate(petalgym.load_scenario("clustered-9", SMALL), decider, seed=2)
+    assert result.decisions["REBALANCE"] > 0
+    assert result.summary()["arrived"] == 12

@@ -208,19 +208,23 @@ class PolicyDecider(Decider):
         # read by Simulator.run after this reset; the built-in decider may set its own in reset
         self.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
         if self.codec is None or self.codec.scenario is not scenario:
-            self.codec = DecisionCodec(
-                scenario,
-                self.control,
-                self.builtin,
-                self.num_candidates,
-                self.max_servers,
-                self.level_multipliers,
-                feature_set=self.feature_set,
-                candidate_set=self.candidate_set,
-                rebalance=self.controls_rebalance,
-                placement_starts=self.placement_starts,
-            )
+            self.codec = self.make_codec(scenario)
         self.codec.reset()
+
+    def make_codec(self, scenario: Scenario) -> DecisionCodec:
+        """The action / observation codec of this configuration on ``scenario`` (what the env builds)."""
+        return DecisionCodec(
+            scenario,
+            self.control,
+            self.builtin,
+            self.num_candidates,
+            self.max_servers,
+            self.level_multipliers,
+            feature_set=self.feature_set,
+            candidate_set=self.candidate_set,
+            rebalance=self.controls_rebalance,
+            placement_starts=self.placement_starts,
+        )
 
     def place(self, view: SwarmView, server: int) -> Placement:
         initial = view.now == 0.0 and view.servers[server].placements == 0
