@@ -289,7 +289,9 @@ WARM_START_DEFAULTS: dict[str, Any] = {
 def expert_policy(env: gym.Env, expert: str) -> Any:
     """A policy ``(obs, info) -> action`` playing ``expert`` in ``env`` (a PetalAlloc env, wrapped or not).
 
-    ``expert``: ``"builtin"`` (the env's default action), ``"cg-bp-x<f>"`` (CG-BP + WS-RR designed for
+    ``expert``: ``"builtin"`` (the env's default action), ``"candidate:<rule>"`` (at a ROUTE decision the
+    candidate of that rule, e.g. ``"candidate:least-loaded"`` with ``candidate_set="mixed"``, when it is
+    offered; else the default action), ``"cg-bp-x<f>"`` (CG-BP + WS-RR designed for
     round(f x the design |R|) sessions: its placements are the env's ``cg-bp-x<f>`` level) or a registered
     decider name, optionally with ``:key=value`` arguments (``"petals"``, ``"cg-bp-ws-rr:num_sessions=20"``).
     Answers the env cannot express (e.g. a chain that is not a candidate) fall back to the default action.
@@ -300,6 +302,17 @@ def expert_policy(env: gym.Env, expert: str) -> Any:
 
     if expert == "builtin":
         return lambda obs, info: int(info["default_action"])
+    if expert.startswith("candidate:"):
+        rule = expert.removeprefix("candidate:")
+
+        def take_rule(obs: Any, info: dict[str, Any]) -> int:
+            u = env.unwrapped
+            pending = u.pending
+            if pending is not None and pending.candidates is not None and rule in pending.candidates.sources:
+                return u.codec.route_offset + pending.candidates.sources.index(rule)
+            return int(info["default_action"])
+
+        return take_rule
     factor = None
     if expert.startswith("cg-bp-x"):
         try:

@@ -439,3 +439,33 @@ def test_an_agent_trained_with_the_task_options_loads_and_replays(tmp_path):
     result = petalgym.simulate(petalgym.load_scenario("clustered-9", SMALL), decider, seed=2)
     assert result.decisions["REBALANCE"] > 0
     assert result.summary()["arrived"] == 12
+
+
+def test_a_candidate_rule_expert_takes_its_rules_chain():
+    from petalgym.agents.train import collect_expert_play, make_env
+
+    kwargs = {
+        "scenario": "bellcanada-26-churn",
+        "candidate_set": "mixed",
+        "num_candidates": 6,
+        "scenario_overrides": {"workload.horizon_s": 600},
+    }
+    data = collect_expert_play("PetalRouting-v0", kwargs, 100, 0, 1.0, ["candidate:least-loaded"])
+    n = len(data["actions"])
+    assert n >= 100 and data["masks"][np.arange(n), data["actions"]].all()
+    assert (data["actions"] != 0).mean() > 0.3  # the least-loaded chain is often not the built-in one
+    env = make_env("PetalRouting-v0", kwargs, seeds=[3])
+    from petalgym.agents.train import expert_policy
+
+    act = expert_policy(env, "candidate:least-loaded")
+    obs, info = env.reset()
+    for _ in range(30):
+        a = act(obs, info)
+        cands = env.unwrapped.pending.candidates
+        if "least-loaded" in cands.sources:
+            assert cands.sources[a - env.unwrapped.codec.route_offset] == "least-loaded"
+        else:
+            assert a == info["default_action"]
+        obs, _, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            break
