@@ -185,6 +185,9 @@ class AgentDecider(Decider):
         super().reset(scenario, rng)
         self.check_scenario(scenario)
         self.inner.reset(scenario, rng)
+        # what Simulator.run reads after this reset (the built-in decider may set its period in reset)
+        self.rebalance_period_s = self.inner.rebalance_period_s
+        self.allocation_delay_s = self.inner.allocation_delay_s
 
     def place(self, view: SwarmView, server: int) -> Placement:
         return self.inner.place(view, server)
@@ -194,6 +197,9 @@ class AgentDecider(Decider):
 
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
         return self.inner.rebalance(view, server)
+
+    def route_ended(self, view: SwarmView, request: Request) -> None:
+        self.inner.route_ended(view, request)  # the built-in decider's job counts (Parallax, JFFC)
 
     def describe(self) -> str:
         m = self.metadata

@@ -469,3 +469,37 @@ def test_a_candidate_rule_expert_takes_its_rules_chain():
         obs, _, terminated, truncated, info = env.step(a)
         if terminated or truncated:
             break
+
+
+def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path):
+    """With Parallax as the built-in decider (job counts released at route ends, its balance period set in
+    reset) the AgentDecider simulation equals the env episode: before the fix the harness never released
+    Parallax's counts and its requests waited for hours."""
+    from sb3_contrib import MaskablePPO
+
+    over = {"workload.num_requests": 40, "workload.arrival_rate": 1.0, "contention": "fifo"}
+    kwargs = {"decider": "parallax", "candidate_set": "mixed", "feature_set": "v1", "max_servers": 26}
+    run = train(
+        "PetalRouting-v0",
+        output=tmp_path,
+        scenario="bellcanada-26",
+        timesteps=128,
+        seed=0,
+        hyperparams={**FAST_PPO, **{f"env_kwargs.{k}": v for k, v in kwargs.items()}},
+        scenario_overrides=over,
+        eval_freq=0,
+        checkpoint_freq=0,
+        tensorboard=False,
+        progress=False,
+    )
+    model = MaskablePPO.load(run.model_path, device="cpu")
+    env = gym.make("PetalRouting-v0", scenario="bellcanada-26", scenario_overrides=over, **kwargs)
+    obs, _ = env.reset(options={"sim_seed": 7})
+    done = False
+    while not done:
+        action, _ = model.predict(obs, deterministic=True, action_masks=env.unwrapped.action_masks())
+        obs, _, terminated, truncated, _ = env.step(int(action))
+        done = terminated or truncated
+    result = petalgym.simulate(env.unwrapped.scenario, AgentDecider(run.model_path), seed=7)
+    in_env = [(r.id, r.start, r.finish, r.first_chain) for r in env.unwrapped.sim.requests]
+    assert in_env == [(r.id, r.start, r.finish, r.first_chain) for r in result.requests]

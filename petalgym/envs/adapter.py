@@ -173,6 +173,7 @@ class PolicyDecider(Decider):
         self.placement_starts = placement_starts
         self.agent_rebalance_period_s = None if rebalance_period_s is None else float(rebalance_period_s)
         self.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
+        self.allocation_delay_s = self.builtin.allocation_delay_s  # the env uses the built-in method's
         self.codec: DecisionCodec | None = None
         self.invalid_actions = 0  # replaced actions (invalid_action="default"), over all episodes
 
