@@ -288,26 +288,30 @@ class RandomActionsDecider(PolicyDecider):
     the agent them) the task's built-in decider does, as in the env.
 
     Args:
-        task: the task's name (:func:`petalgym.tasks.get_task`).
+        task: the task's name (:func:`petalgym.tasks.get_task`); None: joint control with the tasks'
+            default environment options (:data:`petalgym.tasks.DEFAULT_ENV_OPTIONS`), on any scenario.
     """
 
-    def __init__(self, task: str):
-        from petalgym.tasks import get_task
+    def __init__(self, task: str | None = None):
+        from petalgym.tasks import DEFAULT_ENV_OPTIONS, get_task
 
-        t = get_task(task)
-        fixed = t.env_kwargs()
+        if task is None:
+            fixed, self.task = {"control": "joint", **DEFAULT_ENV_OPTIONS}, None
+        else:
+            t = get_task(task)
+            fixed, self.task = t.env_kwargs(), t.name
         known = set(inspect.signature(PolicyDecider.__init__).parameters) - {"self", "policy", "name"}
         super().__init__(
             RandomValidPolicy(), name="random-actions", **{k: v for k, v in fixed.items() if k in known}
         )
-        self.task = t.name
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         super().reset(scenario, rng)
         self.policy.rng = np.random.default_rng(int(rng.integers(2**63)))  # from the episode's decider stream
 
     def describe(self) -> str:
-        return f"random valid actions of task {self.task} (control={self.control})"
+        where = f"task {self.task}" if self.task else "the tasks' default env"
+        return f"random valid actions of {where} (control={self.control})"
 
 
 __all__ = [
