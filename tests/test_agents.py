@@ -503,3 +503,23 @@ def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path)
     result = petalgym.simulate(env.unwrapped.scenario, AgentDecider(run.model_path), seed=7)
     in_env = [(r.id, r.start, r.finish, r.first_chain) for r in env.unwrapped.sim.requests]
     assert in_env == [(r.id, r.start, r.finish, r.first_chain) for r in result.requests]
+
+
+@pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm"])
+def test_task_agent_configs_build_their_tasks_env(name):
+    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, Parallax built in."""
+    from petalgym.agents.config import config_dir, load_hyperparams
+    from petalgym.tasks import get_task
+
+    path = config_dir() / "tasks" / f"{name}.yaml"
+    params = load_hyperparams("maskable-ppo", "PetalAlloc-v0", path)
+    kwargs = params["env_kwargs"]
+    task = get_task(name)
+    assert kwargs["scenario"] == task.scenario and kwargs["control"] == task.control
+    for key, value in task.env_options.items():
+        assert kwargs[key] == value, key
+    assert kwargs["decider"] == "parallax"
+    env = gym.make("PetalAlloc-v0", **kwargs)
+    _, info = env.reset(seed=0)
+    assert info["decision"] == "ROUTE" and info["action_mask"].any()
+    assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
