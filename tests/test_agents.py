@@ -505,9 +505,10 @@ def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path)
     assert in_env == [(r.id, r.start, r.finish, r.first_chain) for r in result.requests]
 
 
-@pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm"])
+@pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm", "DiurnalLoad"])
 def test_task_agent_configs_build_their_tasks_env(name):
-    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, Parallax built in."""
+    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, Parallax built in (the
+    DiurnalLoad agent routes only: placement and REBALANCE ticks stay Parallax's)."""
     from petalgym.agents.config import config_dir, load_hyperparams
     from petalgym.tasks import get_task
 
@@ -515,9 +516,10 @@ def test_task_agent_configs_build_their_tasks_env(name):
     params = load_hyperparams("maskable-ppo", "PetalAlloc-v0", path)
     kwargs = params["env_kwargs"]
     task = get_task(name)
-    assert kwargs["scenario"] == task.scenario and kwargs["control"] == task.control
+    assert kwargs["scenario"] == task.scenario and kwargs["control"] == "routing"
     for key, value in task.env_options.items():
-        assert kwargs[key] == value, key
+        if key != "rebalance_period_s":  # agent REBALANCE control needs placement control
+            assert kwargs[key] == value, key
     assert kwargs["decider"] == "parallax"
     env = gym.make("PetalAlloc-v0", **kwargs)
     _, info = env.reset(seed=0)
