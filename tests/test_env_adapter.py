@@ -205,7 +205,7 @@ def test_default_actions_reproduce_a_random_decider(scenario, control: str, seed
     ],
 )
 def test_policy_decider_equals_env(control: str, obs_mode: str, where: str, options: str) -> None:
-    kwargs = CHURN if where == "churn" else {"scenario": where}
+    kwargs = dict(CHURN) if where == "churn" else {"scenario": where}  # (CHURN is shared)
     kwargs["feature_set"] = "v1" if "v1" in options else "v0"
     kwargs["candidate_set"] = "mixed" if "mixed" in options else "ws-rr"
     env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, **kwargs)
