@@ -95,6 +95,12 @@ class ServerState:
         return self.end - self.start if self.start >= 0 else 0
 
     @property
+    def cache_load(self) -> float:
+        """Share of the cache budget held or reserved: (used + reserved bytes) / budget; 1 without budget."""
+        cap = self.cache_capacity
+        return (self.used_bytes + self.reserved_bytes) / cap if cap > 0 else 1.0
+
+    @property
     def placement(self) -> Placement | None:
         if self.start < 0:
             return None

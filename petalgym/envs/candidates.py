@@ -321,10 +321,7 @@ class ChainGenerator:
         def fits(j: int, blocks: int) -> float:
             return 0.0 if room[j] >= blocks * kv else _INF
 
-        load = [
-            (s.used_bytes + s.reserved_bytes) / s.cache_capacity if s.cache_capacity > 0 else 1.0
-            for s in servers
-        ]
+        load = [s.cache_load for s in servers]
         tie_fixed = [_TIE_BREAK * f for f in fixed]
         tie_block = [_TIE_BREAK * w for w in per_block]
         self._sync(view)

@@ -521,12 +521,7 @@ class ObservationBuilder:
                     k = _RULE_COLUMN.get(source)
                     if k is not None:
                         rules[i, k] = 1.0
-                    load = 0.0
-                    for h in hops:
-                        s = servers[h.server]
-                        cap = s.cache_capacity
-                        load += (s.used_bytes + s.reserved_bytes) / cap if cap > 0 else 1.0
-                    rules[i, 4] = math.log1p(load)
+                    rules[i, 4] = math.log1p(sum(servers[h.server].cache_load for h in hops))
 
         buf = self._buf
         np.fmax(buf, 0.0, out=buf)  # NaN -> 0, -inf -> 0
