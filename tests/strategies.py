@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from petalgym.deciders import Decider, Route
-from petalgym.perfmodel import Placement, shortest_chain
+from petalgym.perfmodel import Hop, Placement, shortest_chain
 from petalgym.scenario import ModelSpec, Scenario, max_blocks_on, scenario_from_dict
 from petalgym.simulator import DecisionKind, Simulator
 from petalgym.swarm import Request, ServerStatus, SwarmView
@@ -156,6 +156,19 @@ def scenario_dicts(
             "prefill": draw(st.sampled_from(["per_block", "merged"])),
         }
     return data
+
+
+def all_chains(spans, L: int, start: int = 0) -> list[tuple[Hop, ...]]:
+    """Brute force, independent of the DPs under test: every chain from block ``start`` to L over the
+    (server, first block, end) ``spans``, each hop running to the end of its server's span; in the order
+    of ``spans`` at every hop."""
+    if start == L:
+        return [()]
+    out = []
+    for j, a, e in spans:
+        if a <= start < e:
+            out += [(Hop(j, start, e), *rest) for rest in all_chains(spans, L, e)]
+    return out
 
 
 def small_scenarios(**kwargs: Any) -> st.SearchStrategy[Scenario]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import placed_simulator
+from strategies import all_chains, placed_simulator
 
 from petalgym import load_scenario, make_decider, simulate
 from petalgym.baselines.cg import (
@@ -201,16 +201,6 @@ def clustered():
     return load_scenario("clustered-9")
 
 
-def _all_chains(spans: list[tuple[int, int, int]], L: int, pos: int = 0):
-    if pos == L:
-        yield ()
-        return
-    for j, a, e in spans:
-        if a <= pos < e:
-            for rest in _all_chains(spans, L, e):
-                yield (Hop(j, pos, e), *rest)
-
-
 def test_design_num_sessions_clustered_matches_definition(clustered):
     sc = clustered
     model, L = sc.model, sc.num_blocks
@@ -223,7 +213,7 @@ def test_design_num_sessions_clustered_matches_definition(clustered):
         assert cg.num_blocks[j] == m
     # T_1: the fastest chain by brute force, full request time
     tm = TimeModel(sc)
-    t1 = min(tm.request_time(ch, 0, 20, 128) for ch in _all_chains(cg.spans(), L))
+    t1 = min(tm.request_time(ch, 0, 20, 128) for ch in all_chains(cg.spans(), L))
     lam = 0.1
     x = lam * t1
     r_max = int(
@@ -303,7 +293,7 @@ def test_ws_rr_avoids_a_full_server_only_when_waiting_costs_more(clustered):
     assert _ws_cost(view, req, chain) < _ws_cost(view, req, fast)
     # brute force: WS-RR's chain is the cheapest chain under the waiting-penalised cost
     spans = dec.routable_spans(view)
-    best = min(_ws_cost(view, req, ch) for ch in _all_chains(spans, view.num_blocks))
+    best = min(_ws_cost(view, req, ch) for ch in all_chains(spans, view.num_blocks))
     assert _ws_cost(view, req, chain) == pytest.approx(best)
     # a short wait is cheaper than the detour: WS-RR keeps the fast chain
     dec2 = CGBPWSRRDecider()
@@ -328,7 +318,7 @@ def test_ws_rr_matches_brute_force_under_random_load(busy, loc):
     view, req = sim.view, _request(sc)
     route = dec.route(view, req)
     spans = dec.routable_spans(view)
-    best = min(_ws_cost(view, req, ch) for ch in _all_chains(spans, view.num_blocks))
+    best = min(_ws_cost(view, req, ch) for ch in all_chains(spans, view.num_blocks))
     assert _ws_cost(view, req, route.chain) == pytest.approx(best, rel=1e-12)
 
 

@@ -9,27 +9,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import small_scenarios
+from strategies import all_chains, small_scenarios
 
 import petalgym  # noqa: F401  (registers the environments)
 from petalgym.envs.candidates import ChainGenerator
 from petalgym.envs.codec import EnvConfigError
-from petalgym.perfmodel import Hop
 from petalgym.swarm import RequestStatus
 
 CHURN = {"scenario": "bellcanada-26-churn", "scenario_overrides": {"workload.horizon_s": 900}}
-
-
-def all_chains(spans, start: int, end: int) -> list[tuple[Hop, ...]]:
-    """Every chain from block ``start`` to ``end`` over ONLINE spans (brute force, independent of the
-    k-best DP): a hop enters a server at the current block and runs to the end of its span."""
-    if start == end:
-        return [()]
-    out = []
-    for j, a, e in spans:
-        if a <= start < e:
-            out += [(Hop(j, start, e), *rest) for rest in all_chains(spans, e, end)]
-    return out
 
 
 def check_mixed(env: gym.Env) -> dict[str, int]:
@@ -43,7 +30,7 @@ def check_mixed(env: gym.Env) -> dict[str, int]:
     for chain in cands.chains:
         assert view.chain_error(chain, req.route_from) is None
     free = [s.cache_capacity - s.used_bytes for s in view.servers]
-    every = all_chains(view.spans(), req.route_from, view.num_blocks)
+    every = all_chains(view.spans(), view.num_blocks, req.route_from)
     rules = u.codec.chains.rule_chains(view, req, free)
     servers = view.servers
     kv = req.kv_bytes

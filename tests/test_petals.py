@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import gpu_profile
+from strategies import all_chains, gpu_profile
 
 from petalgym.baselines.petals import (
     PetalsDecider,
@@ -213,17 +213,6 @@ def petals_cost(chain, rtt, irps, lacks, overhead=0.018, penalty=10.0) -> float:
         cost += min(rtt[h.server] / 2, 5.0) + overhead + (penalty if lacks[h.server] else 0.0)
         cost += h.blocks / irps[h.server]
     return cost + min(rtt[chain[-1].server] / 2, 5.0)
-
-
-def all_chains(spans, L, start):
-    """Every feasible chain from ``start`` to L (each hop runs to the end of its server's span)."""
-    if start == L:
-        return [()]
-    out = []
-    for j, a, e in spans:
-        if a <= start < e:
-            out += [(Hop(j, start, e), *rest) for rest in all_chains(spans, L, e)]
-    return out
 
 
 @settings(max_examples=150, deadline=None)
