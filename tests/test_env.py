@@ -35,8 +35,10 @@ CHURN = {"scenario": "bellcanada-26-churn", "scenario_overrides": {"workload.hor
 
 
 def random_masked(rng: np.random.Generator, mask: np.ndarray) -> int:
+    """A uniformly random valid action; 0 when none is valid (an episode that needed no agent decision
+    ends at its first step, whatever the action)."""
     valid = np.flatnonzero(mask)
-    return int(valid[rng.integers(len(valid))])
+    return int(valid[rng.integers(len(valid))]) if len(valid) else 0
 
 
 def play(env: gym.Env, seed: int, policy: str = "default", rng_seed: int = 0, **reset_kw):

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import small_scenarios
+from test_env import play
 
 import petalgym  # noqa: F401  (registers the environments)
 from petalgym.envs.codec import EnvConfigError
@@ -18,26 +19,6 @@ from petalgym.metrics import EpisodeCost
 from petalgym.swarm import RequestLoad, RequestStatus
 
 LOADED = {"workload.num_requests": 150, "workload.arrival_rate": 2.0}
-
-
-def play(env: gym.Env, seed: int, rng_seed: int | None = None) -> tuple[list[float], list[dict], list]:
-    """One episode with default actions (rng_seed None) or random valid ones; rewards, infos, observations."""
-    rng = None if rng_seed is None else np.random.default_rng(rng_seed)
-    obs, info = env.reset(seed=seed)
-    rewards, infos, observations = [], [info], [obs]
-    done = False
-    while not done:
-        if rng is None:
-            a = info["default_action"]
-        else:
-            valid = np.flatnonzero(info["action_mask"])
-            a = int(valid[rng.integers(len(valid))]) if len(valid) else 0
-        obs, r, terminated, truncated, info = env.step(a)
-        rewards.append(r)
-        infos.append(info)
-        observations.append(obs)
-        done = terminated or truncated
-    return rewards, infos, observations
 
 
 def episode_cost(env: gym.Env, penalty: float) -> float:
@@ -64,7 +45,7 @@ def test_holding_and_completion_returns_are_the_per_token_total(scenario, contro
         env = gym.make(
             "PetalAlloc-v0", scenario=scenario, control=control, reward=reward, failure_penalty=3.0
         )
-        rewards, infos, _ = play(env, seed, rng_seed=seed)
+        _, rewards, infos = play(env, seed, policy="random", rng_seed=seed)
         assert infos[-1].get("summary") is not None  # ran to the end
         total = episode_cost(env, 3.0)
         assert math.isclose(sum(rewards), -total, rel_tol=1e-9, abs_tol=1e-9)
@@ -76,7 +57,7 @@ def test_holding_reward_is_dense_under_load() -> None:
     steps = {}
     for reward in ("completion", "holding"):
         env = gym.make("PetalRouting-v0", reward=reward, reward_scale=0.1, scenario_overrides=LOADED)
-        rewards, _, _ = play(env, seed=4)
+        _, rewards, _ = play(env, seed=4)
         steps[reward] = np.count_nonzero(rewards) / len(rewards)
         assert all(r <= 0 for r in rewards)
         assert math.isclose(sum(rewards), -0.1 * episode_cost(env, 50.0), rel_tol=1e-9)
@@ -139,7 +120,7 @@ def test_time_limit_truncates_at_the_first_decision_past_it() -> None:
         time_limit_s=600.0,
         scenario_overrides=over,
     )
-    rewards, infos, _ = play(env, seed=1)
+    _, rewards, infos = play(env, seed=1)
     times = [i["sim_time"] for i in infos]
     assert times[-1] >= 600.0 > times[-2]  # stopped at the first decision at or after the limit
     assert infos[-1]["decision"] != ""  # truncated, not terminated: a decision is still pending
@@ -189,7 +170,7 @@ def test_feature_set_v1_adds_load_and_never_saturates() -> None:
     obs = {}
     for fs in ("v0", "v1"):
         env = gym.make("PetalRouting-v0", feature_set=fs, obs_mode="dict", scenario_overrides=LOADED)
-        _, _, observations = play(env, seed=2)
+        observations, _, _ = play(env, seed=2)
         obs[fs] = observations[:-1]
     slots = PART_FEATURES["blocks"].index("free_slots_per_R")
     assert np.mean([(o["blocks"][:, slots] >= OBS_CLIP).mean() for o in obs["v0"]]) > 0.1  # v0 saturates
@@ -220,7 +201,7 @@ def test_queue_features_move_when_memory_binds() -> None:
     """With 2,048-token outputs clustered-9's caches fill: requests wait on reservations, and v1 sees it."""
     over = {"workload.num_requests": 60, "workload.arrival_rate": 2.0, "workload.l_out": 2048}
     env = gym.make("PetalRouting-v0", feature_set="v1", obs_mode="dict", scenario_overrides=over)
-    _, _, observations = play(env, seed=0)
+    observations, _, _ = play(env, seed=0)
     load = np.array([o["context"] for o in observations[:-1]])
     waiting = PART_FEATURES["context"].index("waiting_per_R")
     reservations = PART_FEATURES["context"].index("reservations_per_R")

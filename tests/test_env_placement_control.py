@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import small_scenarios
+from test_env import play
 from test_env_adapter import RecordingRandomPolicy, outcome, play_policy
 
 import petalgym  # noqa: F401  (registers the environments)
@@ -20,18 +21,10 @@ CHURN = {"scenario": "bellcanada-26-churn", "scenario_overrides": {"workload.hor
 PAPER = {"scenario_overrides": {"workload.num_requests": 100, "workload.arrival_rate": 2.0}}
 
 
-def random_episode(env: gym.Env, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    _, info = env.reset(seed=seed)
-    kinds: dict[str, int] = {}
-    done = False
-    while not done:
-        kinds[info["decision"]] = kinds.get(info["decision"], 0) + 1
-        valid = np.flatnonzero(info["action_mask"])
-        a = int(valid[rng.integers(len(valid))]) if len(valid) else 0
-        _, _, terminated, truncated, info = env.step(a)
-        done = terminated or truncated
-    return {"kinds": kinds, "summary": info["summary"]}
+def random_summary(env: gym.Env, seed: int) -> dict:
+    """The summary of an episode of random valid actions (seeded by ``seed``)."""
+    _, _, infos = play(env, seed, policy="random", rng_seed=seed)
+    return infos[-1]["summary"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +135,7 @@ def test_random_gap_aligned_placements_cover_the_model(where: str, seeds: range)
     failed = {}
     for starts in ("any", "gaps"):
         env = gym.make("PetalPlacement-v0", scenario=where, placement_starts=starts, **PAPER)
-        failed[starts] = [random_episode(env, seed)["summary"]["failed"] for seed in seeds]
+        failed[starts] = [random_summary(env, seed)["failed"] for seed in seeds]
     assert sum(failed["any"]) > 0
     assert failed["gaps"] == [0.0] * len(seeds)
 
@@ -176,8 +169,8 @@ def test_random_placement_control_keeps_every_invariant(scenario, seed: int, sta
     env = gym.make(
         "PetalAlloc-v0", scenario=scenario, rebalance_period_s=30.0, placement_starts=starts, feature_set="v1"
     )
-    out = random_episode(env, seed)
+    summary = random_summary(env, seed)
     sim = env.unwrapped.sim
     sim.check_invariants()
     assert all(r.status in (RequestStatus.COMPLETED, RequestStatus.FAILED) for r in sim.requests)
-    assert out["summary"]["arrived"] == out["summary"]["completed"] + out["summary"]["failed"]
+    assert summary["arrived"] == summary["completed"] + summary["failed"]
