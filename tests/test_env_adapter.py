@@ -79,6 +79,30 @@ class RecordingRandomPolicy:
         return action
 
 
+def assert_policy_in_simulate_equals_env(env: gym.Env, policy_seed: int, seed: int) -> list[tuple]:
+    """Play a seeded random policy in ``env`` (episode ``seed``) and the same policy as a PolicyDecider in
+    simulate() with the env's simulator seed: the same requests and, at every decision, the same action,
+    mask and observation. Returns the env's log [(observation, mask, action)]."""
+    in_env = RecordingRandomPolicy(policy_seed)
+    play_policy(env, in_env, seed=seed)
+    in_sim = RecordingRandomPolicy(policy_seed)
+    result = simulate(
+        env.unwrapped.scenario, PolicyDecider.from_env(in_sim, env), seed=env.unwrapped.sim_seed
+    )
+    assert outcome(env.unwrapped.sim.requests) == outcome(result.requests)
+    assert len(in_env.log) == len(in_sim.log) > 0
+    for (o1, m1, a1), (o2, m2, a2) in zip(in_env.log, in_sim.log, strict=True):
+        assert a1 == a2
+        np.testing.assert_array_equal(m1, m2)
+        if isinstance(o1, dict):
+            assert o1.keys() == o2.keys()
+            for key in o1:
+                np.testing.assert_array_equal(o1[key], o2[key])
+        else:
+            np.testing.assert_array_equal(o1, o2)
+    return in_env.log
+
+
 # --------------------------------------------------------------------------------------------------
 # DeciderPolicy: the env reproduces Simulator.run
 # --------------------------------------------------------------------------------------------------
@@ -209,24 +233,9 @@ def test_policy_decider_equals_env(control: str, obs_mode: str, where: str, opti
     kwargs["feature_set"] = "v1" if "v1" in options else "v0"
     kwargs["candidate_set"] = "mixed" if "mixed" in options else "ws-rr"
     env = gym.make("PetalAlloc-v0", control=control, obs_mode=obs_mode, **kwargs)
-    in_env = RecordingRandomPolicy(5)
-    play_policy(env, in_env, seed=11)
-    in_sim = RecordingRandomPolicy(5)
-    result = simulate(
-        env.unwrapped.scenario, PolicyDecider.from_env(in_sim, env), seed=env.unwrapped.sim_seed
-    )
-    assert outcome(env.unwrapped.sim.requests) == outcome(result.requests)
-    assert len(in_env.log) == len(in_sim.log) > 0
-    for (o1, m1, a1), (o2, m2, a2) in zip(in_env.log, in_sim.log, strict=True):
-        assert a1 == a2
-        np.testing.assert_array_equal(m1, m2)
-        if obs_mode == "flat":
-            np.testing.assert_array_equal(o1, o2)
-            assert o1.shape == env.observation_space.shape
-        else:
-            assert o1.keys() == o2.keys()
-            for key in o1:
-                np.testing.assert_array_equal(o1[key], o2[key])
+    log = assert_policy_in_simulate_equals_env(env, policy_seed=5, seed=11)
+    if obs_mode == "flat":
+        assert all(o.shape == env.observation_space.shape for o, _, _ in log)
 
 
 def test_policy_decider_default_policy_equals_builtin() -> None:
@@ -299,17 +308,7 @@ def test_policy_decider_over_a_central_queue_builtin_equals_env() -> None:
         feature_set="v1",
         scenario_overrides=over,
     )
-    in_env = RecordingRandomPolicy(7)
-    play_policy(env, in_env, seed=2)
-    in_sim = RecordingRandomPolicy(7)
-    result = simulate(
-        env.unwrapped.scenario, PolicyDecider.from_env(in_sim, env), seed=env.unwrapped.sim_seed
-    )
-    assert outcome(env.unwrapped.sim.requests) == outcome(result.requests)
-    assert len(in_env.log) == len(in_sim.log) > 100
-    for (o1, _, a1), (o2, _, a2) in zip(in_env.log, in_sim.log, strict=True):
-        assert a1 == a2
-        np.testing.assert_array_equal(o1, o2)
+    assert len(assert_policy_in_simulate_equals_env(env, policy_seed=7, seed=2)) > 100
 
 
 @pytest.mark.parametrize("control", ["placement", "routing"])
