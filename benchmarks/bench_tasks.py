@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         task = get_task(name)
         path = args.output / f"{task.name}.json"
         if args.reuse and path.is_file():
-            result = json.loads(path.read_text(), parse_constant=float)
-            result = _none_to_nan(result)
+            result = _none_to_nan(json.loads(path.read_text()))
         else:
             result = bench(task, workers=args.workers, progress=False)
             path.write_text(json.dumps(_nan_to_none(result), indent=1))

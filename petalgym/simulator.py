@@ -574,17 +574,25 @@ class Simulator:
         if self.check:
             self.check_invariants()
 
+    def attach(
+        self, decider: Decider, *, retries: bool = True, rebalance_period_s: float | None = None
+    ) -> None:
+        """Reset ``decider`` with this episode's decider stream and make it the episode's decider, as
+        :meth:`run` does: it hears every ended route, answers the back-off retries (unless ``retries`` is
+        False: they then come out as ROUTE decisions) and sets the balance-check period (read after its
+        reset, where a decider may set it from the scenario; ``rebalance_period_s`` replaces it) and the
+        allocation delay. Call before the first decision (no check is scheduled before servers join)."""
+        decider.reset(self.scenario, self.decider_rng)
+        self.rebalance_period_s = rebalance_period_s or decider.rebalance_period_s
+        self.retry_decider = decider if retries else None
+        self.route_listener = decider
+        self.view.allocation_delay_s = decider.allocation_delay_s
+
     def run(self, decider: Decider) -> SimulationResult:
         """Play the whole episode with ``decider`` (reset with this episode's decider stream)."""
         t0 = time.perf_counter()
-        decider.reset(self.scenario, self.decider_rng)
+        self.attach(decider)
         decide = time.perf_counter() - t0  # offline deciders do their planning in reset()
-        # the decider may set its balance-check period from the scenario in reset(); no check has been
-        # scheduled yet (servers come online when the first PLACE decisions are applied below)
-        self.rebalance_period_s = decider.rebalance_period_s
-        self.retry_decider = decider
-        self.route_listener = decider
-        self.view.allocation_delay_s = decider.allocation_delay_s
         view = self.view
         name = decider.name
         clock = time.perf_counter

@@ -88,8 +88,7 @@ def run_storm(
     every event). Returns (simulator, places per server, idle-swarm checks); raises StormTooLong after
     ``max_decisions`` decisions (None: no limit)."""
     sim = Simulator(sc, seed, check_invariants=check)
-    decider.reset(sc, sim.decider_rng)
-    sim.rebalance_period_s = decider.rebalance_period_s
+    sim.attach(decider)
     places: Counter = Counter()
     idle_checks = 0
     view = sim.view

@@ -295,15 +295,14 @@ class PetalAllocEnv(gym.Env):
                 sim_seed = int(s)
         self.sim_seed = sim_seed
         self.sim = Simulator(self.scenario, sim_seed)
-        if _ROUTE not in self.codec.controlled:  # the built-in decider answers every retry
-            self.sim.retry_decider = self.builtin
-        # the built-in decider hears of every ended route (JFFC's and Parallax's job counts), whoever chose it
-        self.sim.route_listener = self.builtin
-        self.sim.view.allocation_delay_s = self.builtin.allocation_delay_s  # the built-in method's
         self._decider_rng_state = copy.deepcopy(self.sim.decider_rng.bit_generator.state)
-        self.builtin.reset(self.scenario, self.sim.decider_rng)
-        # as Simulator.run: a decider may set its balance-check period in reset (Parallax does)
-        self.sim.rebalance_period_s = self.agent_rebalance_period_s or self.builtin.rebalance_period_s
+        # the built-in decider drives the episode as in Simulator.run (it hears every ended route: JFFC's
+        # and Parallax's job counts), except the retries the agent routes and the agent's REBALANCE ticks
+        self.sim.attach(
+            self.builtin,
+            retries=_ROUTE not in self.codec.controlled,
+            rebalance_period_s=self.agent_rebalance_period_s,
+        )
         self.codec.reset()
         self.cost.reset()
         self.episode_id += 1
