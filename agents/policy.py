@@ -10,7 +10,9 @@ The scenario comes from the simulation (``petalgym evaluate --scenario``), not f
 on any scenario whose observation and action shapes match those it was trained with (same number of blocks
 L, at most ``max_servers`` servers). Anything else raises :class:`AgentLoadError` naming the mismatch.
 
-Loading a model imports torch and stable-baselines3 (the ``rl`` extra); importing this module does not.
+Loading a model zip imports torch and stable-baselines3 (the ``rl`` extra) and unpickles parts of it: load
+only zips from a trusted source. A numpy export (``.npz``, :mod:`petalgym.agents.exported`) needs neither
+torch nor unpickling; the shipped models are exports.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from petalgym.agents import TASK_AGENTS
 from petalgym.deciders import Decider
 from petalgym.errors import PetalgymError
 from petalgym.perfmodel import Placement
@@ -47,13 +50,20 @@ class AgentLoadError(PetalgymError, ValueError):
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The petalgym metadata of a model zip: embedded ``petalgym.json``, else the ``.json`` sidecar.
+    """The petalgym metadata of a model: a zip's embedded ``petalgym.json``, else its ``.json`` sidecar;
+    a numpy export's (``.npz``) embedded metadata.
 
-    Raises AgentLoadError if the file is missing, not a zip, not an SB3 model, or has no metadata.
+    Raises AgentLoadError if the file is missing, not a zip or an export, not an SB3 model, or has no
+    metadata.
     """
     path = Path(path)
     if not path.is_file():
         raise AgentLoadError(f"model file {path} does not exist")
+    if path.suffix == ".npz":  # a numpy export (petalgym.agents.exported): arrays only, no pickle
+        from petalgym.agents.exported import read_export_metadata
+
+        meta = read_export_metadata(path)
+        return _checked_metadata(path, meta)
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -74,6 +84,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise AgentLoadError(f"{path.name}: its metadata is not valid JSON ({exc})") from None
+    return _checked_metadata(path, meta)
+
+
+def _checked_metadata(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` if it has the keys a loader needs and names a petalgym env and a known algorithm."""
     for key in ("env_id", "algo", "observation_shape", "action_n", "env_kwargs"):
         if key not in meta:
             raise AgentLoadError(f"{path.name}: its metadata lacks {key!r}")
@@ -117,7 +132,7 @@ class AgentDecider(Decider):
     """A model trained by ``petalgym train`` as a Decider (deterministic actions).
 
     Args:
-        path: the model zip.
+        path: the model zip (SB3; trusted source only) or its numpy export (``.npz``).
         env_id: if given, the env id the model must have been trained on (AgentLoadError otherwise).
         name: the name shown in results (default: ``agent:<file stem>``).
         deterministic: take the most likely action (default) instead of sampling.
@@ -143,10 +158,24 @@ class AgentDecider(Decider):
         self.env_id: str = meta["env_id"]
         self.name = name or f"agent:{self.path.stem}"
         self.deterministic = bool(deterministic)
-        self.model = _load_model(str(self.path.resolve()), self.path.stat().st_mtime_ns, meta["algo"])
         obs_shape, n_actions = tuple(meta["observation_shape"]), int(meta["action_n"])
-        model_obs = _shape(self.model.observation_space)
-        model_n = int(getattr(self.model.action_space, "n", -1))
+        self._rng = np.random.default_rng(0)
+        if self.path.suffix == ".npz":  # numpy: no torch, nothing unpickled
+            from petalgym.agents.exported import ExportedPolicy
+
+            self.model = None
+            exported = ExportedPolicy.load(self.path)
+            model_obs = (exported.observation_size,)
+            model_n = int(exported.logits(np.zeros(exported.observation_size, dtype=np.float32)).shape[0])
+
+            def policy(obs: Any, mask: np.ndarray) -> int:
+                return exported.action(obs, mask, self.deterministic, self._rng)
+
+        else:
+            self.model = _load_model(str(self.path.resolve()), self.path.stat().st_mtime_ns, meta["algo"])
+            model_obs = _shape(self.model.observation_space)
+            model_n = int(getattr(self.model.action_space, "n", -1))
+            policy = None
         if model_obs != obs_shape or model_n != n_actions:
             raise AgentLoadError(
                 f"{file}: the model's spaces (observation {model_obs}, {model_n} actions) disagree with its "
@@ -160,7 +189,7 @@ class AgentDecider(Decider):
         from petalgym.envs.adapter import PolicyDecider, sb3_policy
 
         self.inner = PolicyDecider(
-            sb3_policy(self.model, deterministic=self.deterministic),
+            policy if policy is not None else sb3_policy(self.model, deterministic=self.deterministic),
             control=control,
             decider=builtin,
             decider_kwargs=env.get("decider_kwargs") or None,
@@ -183,6 +212,8 @@ class AgentDecider(Decider):
     # Decider API -----------------------------------------------------------------------------------
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
         super().reset(scenario, rng)
+        if not self.deterministic:  # an export's sampled actions (a zip samples with torch's generator)
+            self._rng = np.random.default_rng(rng.integers(2**63))
         self.check_scenario(scenario)
         self.inner.reset(scenario, rng)
         # what Simulator.run reads after this reset (the built-in decider may set its period in reset)
@@ -261,10 +292,11 @@ def _default_levels() -> tuple[float, ...]:
 # --------------------------------------------------------------------------------------------------
 #: Registry name -> file in ``agents/pretrained/`` (installed as ``petalgym.agents/pretrained``).
 PRETRAINED: dict[str, str] = {
-    "ppo-routing": "ppo-routing.zip",
-    "ppo-placement": "ppo-placement.zip",
-    "ppo-placement-2rps": "ppo-placement-2rps.zip",
-    "ppo-placement-load": "ppo-placement-load.zip",
+    "ppo-routing": "ppo-routing.npz",
+    "ppo-placement": "ppo-placement.npz",
+    "ppo-placement-2rps": "ppo-placement-2rps.npz",
+    "ppo-placement-load": "ppo-placement-load.npz",
+    **{name: f"tasks/{task}.npz" for task, name in TASK_AGENTS.items()},
 }
 
 

@@ -570,7 +570,8 @@ def train(
             the config's.
         tensorboard: write TensorBoard events under ``output/tb``.
         progress: show a rich progress bar.
-        export: also copy the model (with its ``.json`` sidecar) to this ``.zip`` path.
+        export: also copy the model (with its ``.json`` sidecar) to this ``.zip`` path, or export its actor
+            to this ``.npz`` path (:mod:`petalgym.agents.exported`: numpy, no pickle).
         export_best: export the best validation model instead of the final one (if evaluated).
         threads: torch threads (1 keeps training deterministic and leaves cores to the env workers).
         verbose: SB3 verbosity.
@@ -716,8 +717,13 @@ def train(
         source = best_path if (export_best and best_path is not None) else model_path
         exported = Path(export)
         exported.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, exported)
-        shutil.copyfile(source.with_suffix(".json"), exported.with_suffix(".json"))
+        if exported.suffix == ".npz":  # the actor's weights as plain arrays (runs without torch)
+            from petalgym.agents.exported import export_file
+
+            export_file(source, exported)
+        else:
+            shutil.copyfile(source, exported)
+            shutil.copyfile(source.with_suffix(".json"), exported.with_suffix(".json"))
     return TrainResult(out, model_path, metadata_path, metadata, best_path, exported, history)
 
 

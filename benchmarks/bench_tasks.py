@@ -1,13 +1,14 @@
 """The petalgym-bench task table: per task its bound, the best default and best tuned baselines, random,
-and the headroom (best tuned - bound) / best tuned on the validation seeds, each from
-:func:`petalgym.bench.bench` on the task's own seeds. Writes one JSON per task (``--output``) and, with
-``--markdown``, the table as markdown.
+the headroom (best tuned - bound) / best tuned on the validation seeds, and the task's shipped agent with its
+paired improvement over the reference, each from :func:`petalgym.bench.bench` on the task's own seeds.
+Writes one JSON per task (``--output``) and, with ``--markdown``, the table as markdown.
 
     python benchmarks/bench_tasks.py [--tasks PaperClustered ...] [--output results/bench] [--markdown FILE]
                                      [--workers N] [--reuse]
 
 ``--reuse`` takes a task's JSON from ``--output`` when it is there (e.g. to rebuild the table after a run)
-instead of computing it again.
+instead of computing it again; a shipped agent missing from it is scored and added
+(:func:`petalgym.bench.add_agents`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from petalgym.bench import bench
+from petalgym.bench import add_agents, bench
 from petalgym.evaluation import _nan_to_none, format_pm
 from petalgym.tasks import get_task, list_tasks
 
@@ -32,6 +33,7 @@ COLUMNS = (
     "best tuned (reference)",
     "random",
     "headroom",
+    "agent (vs reference)",
     "left out",
 )
 
@@ -57,8 +59,20 @@ def row(result: dict) -> list[str]:
         cell(ref) if ref else "-",
         cell("random"),
         f"{100 * result['headroom']:.1f} %" if "headroom" in result else "-",
+        "; ".join(_agent_cell(label, d) for label, d in deciders.items() if d["kind"] == "agent") or "-",
         ", ".join(result["left_out"]) or "-",
     ]
+
+
+def _agent_cell(label: str, entry: dict) -> str:
+    """``label: mean ± ci (k failed), +x ± y %`` (the paired improvement over the reference)."""
+    text = f"{label}: {format_pm(entry['mean'], entry['ci95'])}"
+    if entry["failed"]:
+        text += f" ({entry['failed']:.0f} failed)"
+    imp = entry.get("improvement")
+    if imp:
+        text += f", {format_pm(imp['mean'], imp['ci95'], 1, scale=100)} %"
+    return text
 
 
 def _none_to_nan(value):
@@ -87,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         path = args.output / f"{task.name}.json"
         if args.reuse and path.is_file():
             result = _none_to_nan(json.loads(path.read_text()))
+            if task.agent and task.agent not in result["deciders"]:
+                add_agents(result, task, {task.agent: (task.agent, {})}, workers=args.workers)
+                path.write_text(json.dumps(_nan_to_none(result), indent=1))
         else:
             result = bench(task, workers=args.workers, progress=False)
             path.write_text(json.dumps(_nan_to_none(result), indent=1))
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add_row(*r)
     Console(width=200).print(table)
     if args.markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * 5 + "---|"]
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * 5 + "---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         args.markdown.write_text("\n".join(lines) + "\n")
 

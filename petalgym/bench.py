@@ -10,6 +10,9 @@ For a :class:`~petalgym.tasks.Task`:
 * ``random``: uniformly random valid actions of the task's environment
   (:class:`~petalgym.envs.adapter.RandomActionsDecider`; kind ``random``), the 0 of the normalised score,
   whose 1 is the best tuned baseline;
+* agents (kind ``agent``): the task's shipped agent (:attr:`~petalgym.tasks.Task.agent`) and any others
+  given, each with its paired improvement over the reference on the test seeds
+  (mean and 95 % CI of (reference - agent) / reference per seed);
 * the bound: each episode's larger valid lower bound (:func:`petalgym.bounds.episode_bound`: alone on the
   best chain, or memory capacity) averaged over the test seeds (and over the validation seeds for the
   headroom = (best tuned - bound) / best tuned, with the best tuned baseline re-run there).
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +37,7 @@ from petalgym.evaluation import DeciderSpec, RunSpec, confidence_interval, run_g
 from petalgym.scenario import Scenario
 from petalgym.tasks import Task
 
-__all__ = ["bench", "grid_points"]
+__all__ = ["add_agents", "bench", "grid_points"]
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -47,7 +50,8 @@ def _label(name: str, kwargs: dict[str, Any]) -> str:
     return name if not kwargs else name + " (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
 
 
-def _score(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
+def _score(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    rows = sorted(rows, key=lambda r: r["seed"])
     values = [float(r.get(metric, math.nan)) for r in rows]
     mean, half = confidence_interval(values)
     return {
@@ -55,7 +59,30 @@ def _score(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
         "ci95": half,
         "failed": float(np.mean([float(r.get("failed", 0.0)) for r in rows])) if rows else math.nan,
         "seeds": len(rows),
+        "values": values,
     }
+
+
+def _run(
+    task: Task,
+    scenario: Scenario,
+    specs: Sequence[tuple[str, dict[str, Any], str]],
+    seeds: list[int],
+    what: str,
+    workers: int,
+    progress: bool,
+) -> dict[str, list[dict]]:
+    """Rows of every (decider, kwargs, label) on every seed, through the one harness, by label."""
+    runs = [
+        RunSpec(scenario, DeciderSpec(name, dict(kwargs), label), seed, {}, task.name)
+        for name, kwargs, label in specs
+        for seed in seeds
+    ]
+    rows = run_grid(runs, workers=workers, progress=progress, description=f"{task.name}: {what}")
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["decider"], []).append(r)
+    return out
 
 
 def bench(
@@ -65,6 +92,7 @@ def bench(
     train_seeds: Sequence[int] | None = None,
     validation_seeds: Sequence[int] | None = None,
     baselines: Sequence[str] | None = None,
+    agents: Mapping[str, tuple[str, dict[str, Any]]] | None = None,
     workers: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -76,6 +104,8 @@ def bench(
         test_seeds, train_seeds, validation_seeds: override the task's ranges (e.g. for a quick look;
             the published table uses the task's own).
         baselines: override the task's baselines.
+        agents: label -> (registered decider, kwargs) of the agents scored (default: the task's shipped
+            agent, if it has one), e.g. ``{"mine": ("agent", {"path": "model.npz"})}``.
         workers: processes for the local backend.
         progress: show progress bars.
     """
@@ -87,16 +117,8 @@ def bench(
     metric = task.metric
 
     def run(specs: list[tuple[str, dict[str, Any]]], seeds: list[int], what: str) -> dict[str, list[dict]]:
-        runs = [
-            RunSpec(scenario, DeciderSpec(name, dict(kwargs), _label(name, kwargs)), seed, {}, task.name)
-            for name, kwargs in specs
-            for seed in seeds
-        ]
-        rows = run_grid(runs, workers=workers, progress=progress, description=f"{task.name}: {what}")
-        out: dict[str, list[dict]] = {}
-        for r in rows:
-            out.setdefault(r["decider"], []).append(r)
-        return out
+        labelled = [(name, kwargs, _label(name, kwargs)) for name, kwargs in specs]
+        return _run(task, scenario, labelled, seeds, what, workers, progress)
 
     # a decider (or grid point) that cannot model the task is left out, with its reason
     left_out: dict[str, str] = {}
@@ -176,14 +198,7 @@ def bench(
             (k for k, v in tuned.items() if v["failed"] <= fewest), key=lambda k: tuned[k]["mean"]
         )
         out["reference"] = reference
-        ref_mean = tuned[reference]["mean"]
-        rand = deciders["random"]["mean"]
-        out["normalised"] = {
-            k: (rand - v["mean"]) / (rand - ref_mean)
-            if rand != ref_mean and not math.isnan(rand)
-            else math.nan
-            for k, v in deciders.items()
-        }
+        _normalise(out)
         name = reference.removesuffix(" tuned")
         args = chosen.get(name, {})
         val_rows = run([(name, args)], validation, "validation")[_label(name, args)]
@@ -191,7 +206,69 @@ def bench(
         val_bound, val_kind = _bound(scenario, validation, metric)
         out["validation"] = {"reference_mean": val, "bound": val_bound, "bound_kind": val_kind}
         out["headroom"] = (val - val_bound) / val if val > 0 else math.nan
+    if agents is None:
+        agents = {task.agent: (task.agent, {})} if task.agent else {}
+    if agents:
+        add_agents(out, task, agents, workers=workers, progress=progress)
     return out
+
+
+def _normalise(result: dict[str, Any]) -> None:
+    """``result["normalised"]``: every decider's score, 0 = random, 1 = the reference."""
+    deciders = result["deciders"]
+    ref_mean = deciders[result["reference"]]["mean"]
+    rand = deciders["random"]["mean"]
+    result["normalised"] = {
+        k: (rand - v["mean"]) / (rand - ref_mean) if rand != ref_mean and not math.isnan(rand) else math.nan
+        for k, v in deciders.items()
+    }
+
+
+def add_agents(
+    result: dict[str, Any],
+    task: Task,
+    agents: Mapping[str, tuple[str, dict[str, Any]]],
+    *,
+    workers: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score ``agents`` (label -> (registered decider, kwargs)) on ``result``'s test seeds and add them to
+    it (kind ``agent``), each with ``improvement``: the mean and 95 % CI over the seeds of (reference -
+    agent) / reference, paired by seed; then recompute the normalised scores. ``result`` is a
+    :func:`bench` result (one read back from JSON too: a reference without per-seed values is re-run)."""
+    scenario = task.load_scenario()
+    test = list(result["seeds"]["test"])
+    metric = result["metric"]
+    rows = _run(
+        task,
+        scenario,
+        [(n, kw, label) for label, (n, kw) in agents.items()],
+        test,
+        "agents",
+        workers,
+        progress,
+    )
+    reference = result.get("reference")
+    ref_values = None
+    if reference is not None:
+        entry = result["deciders"][reference]
+        if len(entry.get("values") or []) != len(test):
+            name = reference.removesuffix(" tuned")
+            spec = [(name, dict(entry.get("args") or {}), reference)]
+            entry["values"] = _score(
+                _run(task, scenario, spec, test, "reference", workers, progress)[reference], metric
+            )["values"]
+        ref_values = np.asarray(entry["values"], dtype=float)
+    for label in agents:
+        score = _score(rows[label], metric)
+        entry = {"kind": "agent", "decider": agents[label][0], **score}
+        if ref_values is not None:
+            mean, half = confidence_interval(list((ref_values - np.asarray(score["values"])) / ref_values))
+            entry["improvement"] = {"mean": mean, "ci95": half, "over": reference}
+        result["deciders"][label] = entry
+    if reference is not None:
+        _normalise(result)
+    return result
 
 
 def _bound(scenario: Scenario, seeds: list[int], metric: str) -> tuple[float, str]:

@@ -71,10 +71,11 @@ def best_chain_time(
         cap = min(int(cap), L)
         if cap < 1:
             continue
-        new = best.copy()
-        for k in range(1, cap + 1):  # this server processes k blocks on top of what the others cover
-            np.minimum(new[k:], best[: L + 1 - k] + (f + p * k), out=new[k:])
-        best = new
+        # new[t] = min(best[t], min over 1 <= k <= cap of best[t - k] + f + p k): one sliding window
+        padded = np.concatenate([np.full(cap, np.inf), best])
+        windows = np.lib.stride_tricks.sliding_window_view(padded, cap + 1)  # [t, i] = best[t + i - cap]
+        cost = np.append(f + p * np.arange(cap, 0, -1, dtype=float), 0.0)  # k = cap - i blocks here
+        best = (windows + cost).min(axis=1)
     return float(best[L])
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from petalgym.errors import PetalgymError
+from petalgym.errors import PetalgymError, UsageError
 
 console = Console()
 errors = Console(stderr=True)  # error lines go to standard error
@@ -55,10 +55,24 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
             raise PetalgymError(f"--set {item!r}: expected key=value, e.g. workload.arrival_rate=0.5")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = _number_or_yaml(value)
         except yaml.YAMLError:
             raise PetalgymError(f"--set {item!r}: the value is not valid YAML") from None
     return out
+
+
+def _number_or_yaml(text: str) -> Any:
+    """A float for any text Python reads as a finite number (YAML 1.1 reads ``3e-4`` as a string), else the
+    text parsed as YAML."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if number == number and abs(number) != float("inf"):
+            return number
+    return value
 
 
 def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
@@ -113,6 +127,18 @@ def _seed_range(text: str | None, what: str) -> range | None:
     return range(first, last + 1)
 
 
+def _bench_agents(task: Any, paths: Sequence[str] | None) -> dict[str, tuple[str, dict[str, Any]]] | None:
+    """The agents `petalgym bench` scores: the task's shipped one and every ``--agent`` file."""
+    if not paths:
+        return None
+    agents = {task.agent: (task.agent, {})} if task.agent else {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise UsageError(f"--agent {path}: no such file")
+        agents[f"agent:{Path(path).stem}"] = ("agent", {"path": str(path)})
+    return agents
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -129,22 +155,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         test_seeds=_seed_range(args.test_seeds, "test"),
         train_seeds=_seed_range(args.train_seeds, "train"),
         validation_seeds=_seed_range(args.validation_seeds, "validation"),
+        agents=_bench_agents(task, args.agent),
         workers=args.workers,
         progress=not args.no_progress,
     )
     table = Table(title=f"{task.id}: {task.metric} on test seeds (bound {result['bound']:.4g})")
-    for col in ("decider", "kind", "mean ± 95 % CI", "failed", "normalised", "tuned args"):
+    for col in ("decider", "kind", "mean ± 95 % CI", "failed", "normalised", "tuned args / vs reference"):
         table.add_column(col)
     norm = result.get("normalised", {})
     for label, d in result["deciders"].items():
         n = norm.get(label, float("nan"))
+        if "improvement" in d:
+            imp = d["improvement"]
+            extra = f"{format_pm(imp['mean'], imp['ci95'], 1, scale=100)} % better"
+        else:
+            extra = ", ".join(f"{k}={v}" for k, v in d.get("args", {}).items())
         table.add_row(
             label,
             d["kind"],
             format_pm(d["mean"], d["ci95"]),
             f"{d['failed']:.1f}",
             "-" if n != n else f"{n:.3f}",
-            ", ".join(f"{k}={v}" for k, v in d.get("args", {}).items()),
+            extra,
         )
     console.print(table)
     for label, reason in result["left_out"].items():
@@ -254,10 +286,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # evaluate
 # --------------------------------------------------------------------------------------------------
 def _shipped_agents() -> tuple[str, ...]:
-    """The shipped learned deciders (agents/pretrained), if the `rl` extra (sb3-contrib) is installed."""
-    import importlib.util
-
-    return ("ppo-routing", "ppo-placement") if importlib.util.find_spec("sb3_contrib") is not None else ()
+    """The shipped learned deciders (agents/pretrained: numpy exports, no torch needed)."""
+    return ("ppo-routing", "ppo-placement")
 
 
 #: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, the peer algorithms of
@@ -536,6 +566,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from petalgym.agents.exported import export_file
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UsageError(f"OUT {out}: an export is a .npz file")
+    if out.exists() and not args.force:
+        raise UsageError(f"OUT {out} exists (pass --force to overwrite it)")
+    path = export_file(args.model, out)
+    size = path.stat().st_size
+    console.print(
+        f"exported the actor of {args.model} to {path} ({size / 1e6:.2f} MB) and {path.with_suffix('.json')}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------
@@ -558,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-seeds", help="FIRST-LAST instead of the task's test seeds (a quick look)")
     p.add_argument("--train-seeds", help="FIRST-LAST instead of the task's train seeds")
     p.add_argument("--validation-seeds", help="FIRST-LAST instead of the task's validation seeds")
+    p.add_argument(
+        "--agent",
+        action="append",
+        metavar="MODEL",
+        help="also score this trained agent (repeatable; .npz export, or a trusted SB3 .zip)",
+    )
     p.add_argument("--workers", type=_SEED, default=1, help="processes (0: all cores; default 1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -595,7 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deciders", help=f"comma-separated decider names (default: {','.join(DEFAULT_DECIDERS)})"
     )
-    p.add_argument("--agent", action="append", metavar="MODEL.zip", help="add a trained agent (repeatable)")
+    p.add_argument(
+        "--agent",
+        action="append",
+        metavar="MODEL",
+        help="add a trained agent (repeatable): a numpy export (.npz, safe) or an SB3 zip (.zip: it is "
+        "unpickled, so only from a trusted source)",
+    )
     p.add_argument("--seeds", type=_POSITIVE, default=10, help="number of seeds")
     p.add_argument("--seed0", type=_SEED, default=0, help="first seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
@@ -665,13 +723,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-freq", type=_SEED, help="validation every N timesteps (0: never)")
     p.add_argument("--eval-episodes", type=_POSITIVE, help="validation episodes (held-out simulator seeds)")
     p.add_argument("--checkpoint-freq", type=_SEED, help="checkpoint every N timesteps (0: never)")
-    p.add_argument("--export", metavar="PATH.zip", help="also copy the model (+ .json sidecar) here")
+    p.add_argument(
+        "--export",
+        metavar="PATH",
+        help="also copy the model (+ .json sidecar) to PATH.zip, or export its actor to PATH.npz (numpy)",
+    )
     p.add_argument("--export-best", action="store_true", help="export the best validation model instead")
     p.add_argument("--threads", type=_POSITIVE, default=1, help="torch threads")
     p.add_argument("--no-tensorboard", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verbose", type=int, default=0)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "export",
+        help="write a trained model's actor as numpy arrays (.npz + .json): runs without torch, no pickle",
+    )
+    p.add_argument("model", help="a model zip from `petalgym train` (it is unpickled: trusted files only)")
+    p.add_argument("out", help="the .npz to write (its .json sidecar is written beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

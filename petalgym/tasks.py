@@ -58,6 +58,8 @@ class Task:
             (:data:`DEFAULT_ENV_OPTIONS` and the task's own).
         baselines: the registered deciders compared (besides ``random``).
         grid: per baseline, keyword -> values tuned on the train seeds.
+        agent: the registered decider name of the task's shipped agent (None: none shipped); ``petalgym
+            bench`` scores it beside the baselines (kind ``agent``).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Task:
     env_options: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_ENV_OPTIONS))
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     grid: Mapping[str, Mapping[str, list[Any]]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+    agent: str | None = None
 
     @property
     def id(self) -> str:
@@ -108,6 +111,7 @@ TASKS: dict[str, Task] = {
             "clustered-9",
             {"workload.num_requests": 200, "workload.arrival_rate": 2.0},
             "joint",
+            agent="ppo-paperclustered",
         ),
         Task(
             "PaperScattered",
@@ -116,6 +120,7 @@ TASKS: dict[str, Task] = {
             "bellcanada-26",
             {"workload.num_requests": 200, "workload.arrival_rate": 2.0},
             "joint",
+            agent="ppo-paperscattered",
         ),
         Task(
             "ChurnScattered",
@@ -125,6 +130,7 @@ TASKS: dict[str, Task] = {
             "bellcanada-26-churn",
             {},
             "joint",
+            agent="ppo-churnscattered",
         ),
         Task(
             "SuccessorTestbed",
@@ -134,6 +140,7 @@ TASKS: dict[str, Task] = {
             "llama7b-mig-ripe",
             {},
             "routing",
+            agent="ppo-successortestbed",
         ),
         Task(
             "MixedSpot",
@@ -144,6 +151,7 @@ TASKS: dict[str, Task] = {
             {},
             "routing",
             test_seeds=range(200, 205),
+            agent="ppo-mixedspot",
         ),
         Task(
             "ZoneShocks",
@@ -154,6 +162,7 @@ TASKS: dict[str, Task] = {
             {},
             "routing",
             test_seeds=range(200, 205),
+            agent="ppo-zoneshocks",
         ),
         Task(
             "LargeSwarm",
@@ -164,6 +173,7 @@ TASKS: dict[str, Task] = {
             {},
             "routing",
             test_seeds=range(200, 205),
+            agent="ppo-largeswarm",
         ),
         Task(
             "DiurnalLoad",
@@ -175,6 +185,7 @@ TASKS: dict[str, Task] = {
             "joint",
             test_seeds=range(200, 205),
             env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 600.0},
+            agent="ppo-diurnalload",
         ),
     )
 }

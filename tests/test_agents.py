@@ -11,12 +11,13 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("sb3_contrib")
 pytest.importorskip("tensorboard")
 
 import petalgym
-from petalgym.agents import AGENTS
+from petalgym.agents import AGENTS, TASK_AGENTS
 from petalgym.agents.config import (
     TEST_SEED_LIMIT,
     TRAIN_SIM_SEEDS,
@@ -26,6 +27,7 @@ from petalgym.agents.config import (
     algo_kwargs,
     load_hyperparams,
 )
+from petalgym.agents.exported import read_export_metadata
 from petalgym.agents.policy import PRETRAINED, AgentDecider, AgentLoadError, pretrained_path
 from petalgym.agents.train import train
 from petalgym.agents.wrappers import PetalMonitor, SimSeedPool
@@ -248,15 +250,16 @@ def test_wrong_env_id_and_wrong_scenario_size_name_the_mismatch(routing_run):
 # --------------------------------------------------------------------------------------------------
 # shipped models
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(PRETRAINED))
+@pytest.mark.parametrize("name", sorted(set(PRETRAINED) - set(TASK_AGENTS.values())))
 def test_pretrained_models_load_and_act_within_the_mask(name):
     path = pretrained_path(name)
-    assert path.stat().st_size < 5_000_000
+    assert path.suffix == ".npz" and path.stat().st_size < 5_000_000  # numpy exports: no torch, no pickle
     meta = json.loads(path.with_suffix(".json").read_text())
-    with zipfile.ZipFile(path) as zf:
-        assert json.loads(zf.read("petalgym.json")) == meta
+    assert read_export_metadata(path) == meta
     assert meta["scenario"]["name"] == "clustered-9" and meta["command"].startswith("petalgym train")
-    assert f"--export agents/pretrained/{path.name}" in meta["command"] and meta["max_servers"] == 32
+    assert f"--export agents/pretrained/{path.stem}.zip" in meta["command"] and meta["max_servers"] == 32
+    zipped = f"agents/pretrained/{path.stem}.zip"
+    assert meta["export_command"] == f"petalgym export {zipped} agents/pretrained/{path.name}"
     assert name in AGENTS and (name in DEFAULT_DECIDERS) == (name in ("ppo-routing", "ppo-placement"))
     decider = petalgym.make_decider(name)
     assert decider.inner.invalid_action == "raise"  # a masked action would raise, not be replaced
@@ -525,3 +528,38 @@ def test_task_agent_configs_build_their_tasks_env(name):
     _, info = env.reset(seed=0)
     assert info["decision"] == "ROUTE" and info["action_mask"].any()
     assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
+
+
+@pytest.mark.parametrize("task_name", sorted(TASK_AGENTS))
+def test_each_task_ships_a_small_agent_for_its_own_environment(task_name):
+    from petalgym.tasks import get_task
+
+    task = get_task(task_name)
+    assert task.agent == TASK_AGENTS[task_name]
+    path = pretrained_path(task.agent)
+    assert path.suffix == ".npz" and path.stat().st_size < 5_000_000
+    meta = read_export_metadata(path)
+    assert json.loads(path.with_suffix(".json").read_text()) == meta
+    # trained with the committed config (every value it sets is the one recorded)
+    config_file = Path(__file__).parents[1] / "configs" / "agents" / "tasks" / f"{task_name}.yaml"
+    config = yaml.safe_load(config_file.read_text())
+
+    def within(small, big):
+        if isinstance(small, dict):
+            return isinstance(big, dict) and all(k in big and within(v, big[k]) for k, v in small.items())
+        return small == big
+
+    assert within(config, meta["hyperparams"])
+    env = meta["resolved_env"]
+    for key, value in task.env_options.items():  # the task's own env options (v1, holding, mixed, gaps)
+        if key in env and key != "rebalance_period_s":
+            assert env[key] == value, key
+    scenario = task.load_scenario()
+    assert meta["scenario"]["name"] == scenario.name
+    decider = petalgym.make_decider(task.agent)
+    decider.check_scenario(scenario)  # its observation and action shapes are the task's
+    length = "horizon_s" if scenario.workload.horizon_s is not None else "num_requests"
+    short = scenario.with_overrides({f"workload.{length}": 600 if length == "horizon_s" else 30})
+    short = short.with_overrides({"workload.warmup_s": 0.0})
+    summary = petalgym.simulate(short, decider, seed=100).summary()
+    assert summary["completed"] > 0 and summary["failed"] == 0 and decider.invalid_actions == 0

@@ -15,6 +15,10 @@ def test_parse_overrides():
         "workload.arrival_rate": 0.5,
         "clients.0.location": 2,
     }
+    # YAML 1.1 reads 3e-4 as a string; a number Python reads is a number (a bad learning rate was refused)
+    parsed = parse_overrides(["learning_rate=3e-4", "n=1E3", "name=cg-bp", "x=inf", "flag=true"])
+    assert parsed == {"learning_rate": 3e-4, "n": 1000.0, "name": "cg-bp", "x": "inf", "flag": True}
+    assert isinstance(parsed["learning_rate"], float)
 
 
 def test_scenarios_lists_builtins(capsys):

@@ -7,6 +7,7 @@ import json
 import math
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 from petalgym.bench import bench, grid_points
@@ -61,11 +62,20 @@ def test_bench_follows_the_protocol():
     assert result["task"] == task.id and result["metric"] == "per_token_s"
     deciders = result["deciders"]
     kinds = {d["kind"] for d in deciders.values()}
-    assert kinds == {"random", "baseline", "tuned-baseline"}
+    assert kinds == {"random", "baseline", "tuned-baseline", "agent"}
     for d in deciders.values():
         assert {"kind", "mean", "ci95", "failed"} <= set(d)
-        assert d["seeds"] == 2
+        assert d["seeds"] == 2 and len(d["values"]) == 2 and np.mean(d["values"]) == pytest.approx(d["mean"])
         assert result["bound"] <= d["mean"] + 1e-9
+    # the shipped agent, with its paired improvement over the reference (seed by seed)
+    agent = deciders[task.agent]
+    assert agent["kind"] == "agent" and agent["improvement"]["over"] == result["reference"]
+    ref = np.array(deciders[result["reference"]]["values"])
+    paired = (ref - np.array(agent["values"])) / ref
+    assert agent["improvement"]["mean"] == pytest.approx(float(paired.mean()))
+    assert result["normalised"][task.agent] == pytest.approx(
+        (deciders["random"]["mean"] - agent["mean"]) / (deciders["random"]["mean"] - ref.mean())
+    )
     assert result["normalised"]["random"] == 0.0
     assert result["normalised"][result["reference"]] == pytest.approx(1.0)
     # the tuned point is the grid's best on the train seeds
@@ -75,6 +85,25 @@ def test_bench_follows_the_protocol():
     assert "gbp-cr-jffc" in result["left_out"]  # it cannot plan 2 requests/s on clustered-9
     assert 0.0 <= result["headroom"] < 1.0
     json.dumps(result)  # JSON-ready (NaN aside, which the CLI writes as null)
+
+
+def test_add_agents_scores_an_agent_file_on_a_stored_result(tmp_path):
+    """A result read back from JSON (without the reference's per-seed values) gains an agent: the reference is
+    re-run on the same seeds and gives the same values; a file agent is labelled and kind ``agent``."""
+    from petalgym.agents.policy import pretrained_path
+    from petalgym.bench import add_agents
+
+    task = get_task("PaperClustered")
+    result = bench(task, test_seeds=[200, 201], train_seeds=[0], validation_seeds=[100], agents={})
+    assert not any(d["kind"] == "agent" for d in result["deciders"].values())
+    stored = json.loads(json.dumps(result))
+    want = stored["deciders"][stored["reference"]].pop("values")
+    path = pretrained_path(task.agent)
+    add_agents(stored, task, {"mine": ("agent", {"path": str(path)})})
+    assert stored["deciders"][stored["reference"]]["values"] == pytest.approx(want)
+    mine = stored["deciders"]["mine"]
+    assert mine["kind"] == "agent" and mine["decider"] == "agent" and mine["seeds"] == 2
+    assert "mine" in stored["normalised"]
 
 
 @pytest.mark.parametrize("task", [t.name for t in list_tasks()])
@@ -111,6 +140,29 @@ def test_cli_lists_tasks_and_rejects_bad_bench_arguments(tmp_path, capsys):
     assert main(["bench", "--task", "PaperClustered", "--test-seeds", "5-2", "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--test-seeds '5-2'" in err and "Traceback" not in err and not out.exists()
+    missing = tmp_path / "nope.npz"
+    assert main(["bench", "--task", "PaperClustered", "--agent", str(missing), "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --agent {missing}: no such file") and not out.exists()
+
+
+def test_cli_bench_scores_an_agent_file_beside_the_shipped_one(tmp_path, capsys):
+    from petalgym.agents.policy import pretrained_path
+    from petalgym.cli import main
+
+    task = get_task("PaperClustered")
+    out = tmp_path / "b.json"
+    agent = pretrained_path(task.agent)
+    argv = ["bench", "--task", task.name, "--test-seeds", "200-200", "--train-seeds", "0-0"]
+    argv += ["--validation-seeds", "100-100", "--agent", str(agent), "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "better" in table
+    result = json.loads(out.read_text())
+    labels = {k for k, d in result["deciders"].items() if d["kind"] == "agent"}
+    assert labels == {task.agent, f"agent:{agent.stem}"}
+    # the same file under two names: the same scores
+    assert result["deciders"][task.agent]["values"] == result["deciders"][f"agent:{agent.stem}"]["values"]
 
 
 def test_random_valid_actions_are_the_tasks_zero():
