@@ -19,8 +19,25 @@ console = Console()
 errors = Console(stderr=True)  # error lines go to standard error
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with the option's default (unless it is None or False, or the line names it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default is argparse.SUPPRESS  # (0 is shown)
+        if action.option_strings and not hidden and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument prints one ``error:`` line (no usage block) and exits with status 2."""
+    """argparse, but a bad argument prints one ``error:`` line (no usage block) and exits with status 2;
+    help shows every option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         errors.print(f"[red]error:[/red] {self.prog}: {message}", highlight=False, soft_wrap=True)
@@ -258,6 +275,15 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _fmt_extra(value: Any) -> str:
+    """A counter by cause as ``cause: n, ...`` (``none`` when empty); numbers as in the summary."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _fmt(value)
+    return str(value)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from petalgym.deciders import make_decider
     from petalgym.scenario import load_scenario
@@ -273,7 +299,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         table.add_row(key, _fmt(value))
     for key, value in result.extra.items():
-        table.add_row(key, str(value))
+        table.add_row(key, _fmt_extra(value))
     console.print(f"[dim]{scenario.summary()}[/dim]")
     console.print(table)
     if args.csv:
@@ -610,26 +636,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="also score this trained agent (repeatable; .npz export, or a trusted SB3 .zip)",
     )
-    p.add_argument("--workers", type=_SEED, default=1, help="processes (0: all cores; default 1)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=_SEED, default=1, help="processes (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
     from petalgym import catalog
 
     quantizations = tuple(catalog.QUANTIZATIONS)
     p = sub.add_parser("models", help="list the model catalog: blocks, bytes per block, KV bytes per token")
-    p.add_argument("--quantization", choices=quantizations, default="nf4")
+    p.add_argument("--quantization", choices=quantizations, default="nf4", help="weight format")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("gpus", help="list the GPU catalog: memory and (measured or estimated) block timing")
-    p.add_argument("--model", choices=tuple(catalog.models()), default="bloom-176b")
-    p.add_argument("--quantization", choices=quantizations, default="nf4")
+    p.add_argument("--model", choices=tuple(catalog.models()), default="bloom-176b", help="catalog model")
+    p.add_argument("--quantization", choices=quantizations, default="nf4", help="weight format")
     p.add_argument("--l-in", type=_POSITIVE, default=20, help="prompt length for the prefill column")
     p.set_defaults(func=cmd_gpus)
 
     p = sub.add_parser("simulate", help="simulate one episode with one decider and print a summary")
     p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
-    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--seed", type=_SEED, default=0, help="episode seed")
     p.add_argument("--decider", default="cg-bp-ws-rr", help="registered decider name")
     p.add_argument("--decider-arg", action="append", metavar="KEY=VALUE", help="decider keyword argument")
     p.add_argument(
@@ -659,16 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     p.add_argument("--reference", default="petals", help="decider that reductions are computed against")
     p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
     p.add_argument("--address", help="Ray cluster address (backend ray); default: a local Ray")
     p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("solve", help="solve the offline problem (place blocks + route R requests)")
     p.add_argument("--scenario", default="clustered-9", help="built-in scenario name or YAML path")
     p.add_argument("--requests", type=_POSITIVE, default=3, help="number of requests |R|")
-    p.add_argument("--method", choices=("cg-bprr", "milp", "petals"), default="cg-bprr")
+    p.add_argument("--method", choices=("cg-bprr", "milp", "petals"), default="cg-bprr", help="solver")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MILP solver")
     p.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit (s)")
     p.add_argument("--seed", type=_SEED, default=0, help="join order for --method petals")
@@ -676,8 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("reproduce", help="the paper's experiments: our numbers beside the paper's")
-    p.add_argument("--seeds", type=_POSITIVE, default=5)
-    p.add_argument("--seed0", type=_SEED, default=0)
+    p.add_argument("--seeds", type=_POSITIVE, default=5, help="number of seeds")
+    p.add_argument("--seed0", type=_SEED, default=0, help="first seed")
     p.add_argument("--ablations", action="store_true", help="also run the three PETALS ablations")
     p.add_argument(
         "--no-draws", action="store_true", help="skip the replay on the clustered script's own arrival draws"
@@ -689,10 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the successor paper's testbed (PETALS, BPRR, JFFC only, GBP-CR + GCA + JFFC)",
     )
     p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
     p.add_argument("--address", help="Ray cluster address (backend ray)")
-    p.add_argument("--output", default="results/reproduce")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output", default="results/reproduce", help="directory for tables and plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
@@ -702,10 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", default="PetalRouting-v0", help="PetalRouting-v0, PetalPlacement-v0 or PetalAlloc-v0"
     )
     p.add_argument("--scenario", help="built-in scenario name or YAML path (default: clustered-9)")
-    p.add_argument("--algo", choices=("maskable-ppo", "ppo", "a2c", "dqn"), default="maskable-ppo")
+    p.add_argument(
+        "--algo", choices=("maskable-ppo", "ppo", "a2c", "dqn"), default="maskable-ppo", help="algorithm"
+    )
     p.add_argument("--timesteps", type=_POSITIVE, help="agent decisions to train for (default: the config's)")
     p.add_argument("--output", required=True, help="directory for the model, metadata, checkpoints, logs")
-    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--seed", type=_SEED, default=0, help="training seed")
     p.add_argument(
         "--n-envs", type=_POSITIVE, help="parallel envs (SubprocVecEnv if > 1; default: the config's)"
     )
@@ -730,9 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--export-best", action="store_true", help="export the best validation model instead")
     p.add_argument("--threads", type=_POSITIVE, default=1, help="torch threads")
-    p.add_argument("--no-tensorboard", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--verbose", type=int, default=0)
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", type=int, default=0, help="SB3 verbosity (0, 1 or 2)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

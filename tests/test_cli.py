@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -48,8 +49,21 @@ def test_simulate_prints_summary_and_writes_csv(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "per_token_s" in out and "completed" in out
+    assert "{}" not in out and re.search(r"interruptions\s+│\s+none", out)  # counters read as words
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 12 and all(r["status"] == "completed" for r in rows)
+    code = main(["simulate", "--scenario", "bellcanada-26-churn", "--set", "workload.horizon_s=3000"])
+    assert code == 0 and re.search(r"leaves\s+│\s+failure: \d+", capsys.readouterr().out)
+
+
+def test_python_dash_m_petalgym_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "petalgym", "tasks"], capture_output=True, text=True)
+    assert out.returncode == 0 and "PaperClustered" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "petalgym", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_errors_are_one_line_with_status_2(capsys):
@@ -234,3 +248,20 @@ def test_cg_bprr_infeasible_at_the_workloads_size_falls_back_and_says_so(tmp_pat
     assert code == 0
     md = (tmp_path / "evaluation.md").read_text()
     assert "cg-bprr: |R| = " in md and "infeasible at the 2000 sessions asked for" in md
+
+
+def test_every_option_has_help_and_shows_its_default(capsys):
+    import argparse
+
+    from petalgym.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+    assert main(["evaluate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "number of seeds (default: 10)" in text and "first seed (default: 0)" in text
+    assert "(default: results/evaluate)" in text

@@ -18,8 +18,29 @@ def test_readme_has_exactly_two_setup_commands():
     main_job, tests = _commands()
     assert main_job.endswith("petalgym evaluate")
     assert tests.endswith("pytest")
-    for cmd in (main_job, tests):
-        assert "pip install torch==2.13.0" in cmd  # the CPU wheel, not a CUDA build
+    assert "torch" not in main_job and "[rl" not in main_job  # the main job runs without torch
+    assert "pip install torch==2.13.0" in tests  # the CPU wheel, not a CUDA build
+
+
+def test_the_main_job_runs_its_shipped_agents_without_torch(tmp_path):
+    """`petalgym evaluate`'s default deciders, shipped agents included, with torch and SB3 unimportable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'stable_baselines3', 'sb3_contrib'):\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from petalgym.cli import main\n"
+        "sys.exit(main(['evaluate', '--seeds', '1', '--set', 'workload.num_requests=10', '--output', "
+        f"{str(tmp_path)!r}, '--no-progress']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ppo-routing" in out.stdout and "ppo-placement" in out.stdout
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
