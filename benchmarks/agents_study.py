@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/agents_study.py [--seeds 20] [--seed0 0] [--settings "clustered-9,clustered-9 @2/s"]
         [--agents ppo-routing,ppo-placement-overload] [--root results/agents_study] [--train]
-        [--workers 1] [--report agents/STUDY.md] [--csv results/agents_study/study.csv]
+        [--workers 1] [--report petalgym/agents/STUDY.md] [--csv results/agents_study/study.csv]
 
 Agents (:data:`petalgym.agents.study.AGENTS`) come from the shipped models when they exist, else from
 ``--root/<name>/model.zip``; ``--train`` trains the missing ones with their recipe (the exact

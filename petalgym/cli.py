@@ -103,7 +103,7 @@ def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from petalgym.scenario import list_scenarios, load_scenario
 
-    table = Table(title="Built-in scenarios (configs/scenarios)")
+    table = Table(title="Built-in scenarios (petalgym/configs/scenarios)")
     for col in ("name", "swarm", "L", "description"):
         table.add_column(col, overflow="fold")
     for name in list_scenarios():
@@ -312,7 +312,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # evaluate
 # --------------------------------------------------------------------------------------------------
 def _shipped_agents() -> tuple[str, ...]:
-    """The shipped learned deciders (agents/pretrained: numpy exports, no torch needed)."""
+    """The shipped learned deciders (petalgym/agents/pretrained: numpy exports, no torch needed)."""
     return ("ppo-routing", "ppo-placement")
 
 
@@ -737,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--n-envs", type=_POSITIVE, help="parallel envs (SubprocVecEnv if > 1; default: the config's)"
     )
-    p.add_argument("--config", help="hyper-parameter YAML merged over configs/agents/<algo>.yaml")
+    p.add_argument("--config", help="hyper-parameter YAML merged over petalgym/configs/agents/<algo>.yaml")
     p.add_argument(
         "--hp", action="append", metavar="KEY=VALUE", help="hyper-parameter override, e.g. n_steps=2048"
     )

@@ -257,6 +257,7 @@ def test_pretrained_models_load_and_act_within_the_mask(name):
     meta = json.loads(path.with_suffix(".json").read_text())
     assert read_export_metadata(path) == meta
     assert meta["scenario"]["name"] == "clustered-9" and meta["command"].startswith("petalgym train")
+    # (trained and exported before the package layout moved agents/ into petalgym/)
     assert f"--export agents/pretrained/{path.stem}.zip" in meta["command"] and meta["max_servers"] == 32
     zipped = f"agents/pretrained/{path.stem}.zip"
     assert meta["export_command"] == f"petalgym export {zipped} agents/pretrained/{path.name}"
@@ -541,7 +542,9 @@ def test_each_task_ships_a_small_agent_for_its_own_environment(task_name):
     meta = read_export_metadata(path)
     assert json.loads(path.with_suffix(".json").read_text()) == meta
     # trained with the committed config (every value it sets is the one recorded)
-    config_file = Path(__file__).parents[1] / "configs" / "agents" / "tasks" / f"{task_name}.yaml"
+    from petalgym.agents.config import config_dir
+
+    config_file = config_dir() / "tasks" / f"{task_name}.yaml"
     config = yaml.safe_load(config_file.read_text())
 
     def within(small, big):

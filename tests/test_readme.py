@@ -57,3 +57,22 @@ def test_quick_tour_runs(tmp_path, monkeypatch, capsys):
     printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
     assert float(printed["cg-bp-ws-rr"]) < float(printed["petals"])
     assert (tmp_path / "requests.csv").read_text().count("\n") > 10
+
+
+def test_the_package_imports_the_same_from_the_repository_root_and_from_anywhere(tmp_path):
+    """No local folder shadows part of the package: baselines, agents and configs live inside petalgym/."""
+    import subprocess
+    import sys
+
+    code = (
+        "import petalgym, petalgym.baselines.petals, petalgym.agents.policy, petalgym.configs\n"
+        "from petalgym.agents.config import config_dir\n"
+        "assert (config_dir() / 'maskable-ppo.yaml').is_file()\n"
+        "print(petalgym.make_decider('ppo-routing').name, petalgym.load_scenario('clustered-9').name)\n"
+    )
+    for where in (ROOT, tmp_path):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=where)
+        assert out.returncode == 0, (where, out.stderr)
+        assert out.stdout.split() == ["ppo-routing", "clustered-9"]
+    for folder in ("baselines", "agents", "configs"):
+        assert not (ROOT / folder).exists() and (ROOT / "petalgym" / folder / "__init__.py").is_file()
