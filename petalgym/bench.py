@@ -101,8 +101,10 @@ def bench(
 
     Args:
         task: the task.
-        test_seeds, train_seeds, validation_seeds: override the task's ranges (e.g. for a quick look;
-            the published table uses the task's own).
+        test_seeds: override the task's test seeds (e.g. for a quick look; the published table uses
+            the task's own ranges).
+        train_seeds: override the task's train seeds.
+        validation_seeds: override the task's validation seeds.
         baselines: override the task's baselines.
         agents: label -> (registered decider, kwargs) of the agents scored (default: the task's shipped
             agent, if it has one), e.g. ``{"mine": ("agent", {"path": "model.npz"})}``.

@@ -50,7 +50,9 @@ class Task:
         scenario: a shipped scenario name.
         overrides: dotted-path scenario overrides that fix the task's horizon and load.
         control: what the agent decides: ``"routing"``, ``"placement"`` or ``"joint"``.
-        train_seeds, validation_seeds, test_seeds: disjoint seed ranges (``range`` objects).
+        train_seeds: the seeds baselines are tuned on (a ``range``, disjoint from the other two).
+        validation_seeds: the seeds agents are chosen on and the headroom is measured on.
+        test_seeds: the seeds of the final table, touched only by its runs.
         metric: the summary metric scores are given in (``per_token_s``: s per output token, lower is
             better).
         reward: the environment's reward definition, in words.

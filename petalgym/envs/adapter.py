@@ -117,11 +117,13 @@ class PolicyDecider(Decider):
     built-in ``decider`` answers the decisions outside ``control`` and REBALANCE ticks, and gives the
     default answer (candidate 0, and the action used when ``invalid_action="default"``).
 
+    The keyword arguments ``control``, ``decider``, ``num_candidates``, ``obs_mode``, ``max_servers``,
+    ``decider_kwargs``, ``level_multipliers``, ``invalid_action``, ``feature_set``, ``candidate_set``,
+    ``rebalance_period_s`` and ``placement_starts`` are those of
+    :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
+
     Args:
         policy: ``policy(obs, mask) -> action`` (see :func:`sb3_policy` for SB3 models).
-        control, decider, num_candidates, obs_mode, max_servers, decider_kwargs, level_multipliers,
-        invalid_action, feature_set, candidate_set, rebalance_period_s, placement_starts: as
-        for :class:`~petalgym.envs.petal_alloc.PetalAllocEnv`.
         name: the name shown in results.
     """
 
