@@ -103,12 +103,17 @@ def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
 def cmd_scenarios(args: argparse.Namespace) -> int:
     from petalgym.scenario import list_scenarios, load_scenario
 
-    table = Table(title="Built-in scenarios (petalgym/configs/scenarios)")
-    for col in ("name", "swarm", "L", "description"):
-        table.add_column(col, overflow="fold")
-    for name in list_scenarios():
-        sc = load_scenario(name)
-        table.add_row(name, sc.summary(), str(sc.num_blocks), sc.description)
+    scenarios = [load_scenario(name) for name in list_scenarios()]
+    if args.describe:
+        for sc in scenarios:
+            console.print(f"[bold]{sc.name}[/bold] ({sc.summary()}, L={sc.num_blocks}): {sc.description}")
+        return 0
+    table = Table(title="Built-in scenarios (--describe: what each is for)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("L", justify="right")
+    table.add_column("swarm", overflow="fold")
+    for sc in scenarios:
+        table.add_row(sc.name, str(sc.num_blocks), sc.summary())
     console.print(table)
     return 0
 
@@ -217,23 +222,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     from petalgym.scenario import load_scenario
 
     table = Table(
-        title=f"Model catalog ({args.quantization}): blocks, bytes, PETALS' cache budget and session limit"
+        title=f"Model catalog ({args.quantization})" + ("" if args.wide else " (--wide: all columns)")
     )
-    cols = ("model", "blocks", "d_model", "heads / KV", "params/block", "active/block", "GB/block",
-            "KV B/token/block", "PETALS cache MB/block (tokens)", "max session")  # fmt: skip
-    for col in cols:
+    cols = ("model", "blocks", "GB/block", "KV B/token/block", "max session")
+    wide = ("d_model", "heads / KV", "params/block", "active/block", "PETALS cache MB/block (tokens)")
+    for col in cols + (wide if args.wide else ()):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in catalog.models().items():
         sc = load_scenario("clustered-9", {"model": {"name": name, "quantization": args.quantization}})
         spec = sc.model
         budget = petals_cache_bytes_per_block(spec, sc.petals.attn_cache_tokens)
-        table.add_row(
-            name, str(m.num_blocks), f"{m.d_model:,}", f"{m.heads} / {m.kv_heads}",
-            f"{spec.params_per_block:,}", f"{spec.active_params_per_block:,}",
-            f"{spec.block_bytes / 1e9:.4f}", f"{spec.kv_bytes_per_block(1):,}",
-            f"{budget / 1e6:.1f} ({sc.petals.attn_cache_tokens:,})", f"{spec.max_session_tokens:,}",
-        )  # fmt: skip
-    Console(width=max(console.width, 150)).print(table)
+        row = [name, str(m.num_blocks), f"{spec.block_bytes / 1e9:.4f}", f"{spec.kv_bytes_per_block(1):,}",
+               f"{spec.max_session_tokens:,}"]  # fmt: skip
+        if args.wide:
+            row += [f"{m.d_model:,}", f"{m.heads} / {m.kv_heads}", f"{spec.params_per_block:,}",
+                    f"{spec.active_params_per_block:,}",
+                    f"{budget / 1e6:.1f} ({sc.petals.attn_cache_tokens:,})"]  # fmt: skip
+        table.add_row(*row)
+    (Console(width=max(console.width, 150)) if args.wide else console).print(table)
     console.print("Config sources: petalgym/data/catalog/models.yaml.")
     return 0
 
@@ -242,21 +248,24 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     from petalgym.scenario import load_scenario
 
     sc = load_scenario("clustered-9", {"model": {"name": args.model, "quantization": args.quantization}})
-    table = Table(title=f"GPU catalog: timing of one {args.model} block ({args.quantization})")
-    cols = ("gpu", "memory GB", "tau ms", f"prefill tau ms (l_in {args.l_in})", "max blocks", "timing")
-    for col in (*cols, "label"):
+    table = Table(
+        title=f"GPUs: one {args.model} block ({args.quantization})"
+        + ("" if args.wide else ", --wide: labels")
+    )
+    cols = ("gpu", "memory GB", "tau ms", f"prefill ms (l_in {args.l_in})", "max blocks", "timing")
+    for col in (*cols, *(("label",) if args.wide else ())):
         table.add_column(col, justify="left" if col in ("gpu", "timing", "label") else "right")
     for name, p in sc.profiles.items():
-        table.add_row(
+        row = [
             name,
             f"{p.memory_bytes / 1e9:.2f}",
             f"{p.tau_s * 1e3:.3f}",
             f"{p.prefill_tau(args.l_in) * 1e3:.1f}",
             "-" if p.max_blocks is None else str(p.max_blocks),
-            "estimate" if p.estimated else "measured (PETALS)",
-            p.label,
-        )
-    Console(width=max(console.width, 130)).print(table)
+            "estimate" if p.estimated else "measured",
+        ]
+        table.add_row(*row, *((p.label,) if args.wide else ()))
+    (Console(width=max(console.width, 130)) if args.wide else console).print(table)
     console.print(
         "Estimates: tau = c0 + kappa x (weight bytes read per token) / bandwidth, prefill from bandwidth and "
         "FP16 compute, calibrated on the measured A100 and MIG 1g anchors (petalgym.catalog.timing_rule)."
@@ -374,7 +383,7 @@ def _applicable_defaults(args: argparse.Namespace) -> list[str]:
             if check is not None:
                 check(scenario)
         except PetalgymError as exc:
-            console.print(f"note: {name} left out: {exc}", highlight=False, soft_wrap=True)
+            console.print(f"note: {name} left out: {exc}", highlight=False)
             continue
         names.append(name)
     return names
@@ -402,8 +411,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         address=args.address,
         progress=not args.no_progress,
     )
-    wide = Console(width=max(console.width, 170))
-    wide.print(ev.table(f"{args.scenario}: mean ± 95 % CI over {args.seeds} seeds"))
+    title = f"{args.scenario}: mean ± 95 % CI over {args.seeds} seeds"
+    if args.wide:
+        Console(width=max(console.width, 170)).print(ev.table(title))
+    else:
+        console.print(ev.table(title, compact=True))
     out = Path(args.output)
     files = [
         ev.to_csv(out / "evaluation.csv"),
@@ -619,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("scenarios", help="list the built-in scenarios")
+    p.add_argument("--describe", action="store_true", help="print each scenario's description")
     p.set_defaults(func=cmd_scenarios)
 
     p = sub.add_parser("tasks", help="list the petalgym-bench tasks")
@@ -645,12 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantizations = tuple(catalog.QUANTIZATIONS)
     p = sub.add_parser("models", help="list the model catalog: blocks, bytes per block, KV bytes per token")
     p.add_argument("--quantization", choices=quantizations, default="nf4", help="weight format")
+    p.add_argument("--wide", action="store_true", help="all columns (wider than 80 characters)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("gpus", help="list the GPU catalog: memory and (measured or estimated) block timing")
     p.add_argument("--model", choices=tuple(catalog.models()), default="bloom-176b", help="catalog model")
     p.add_argument("--quantization", choices=quantizations, default="nf4", help="weight format")
     p.add_argument("--l-in", type=_POSITIVE, default=20, help="prompt length for the prefill column")
+    p.add_argument("--wide", action="store_true", help="also each GPU's label (wider than 80 characters)")
     p.set_defaults(func=cmd_gpus)
 
     p = sub.add_parser("simulate", help="simulate one episode with one decider and print a summary")
@@ -688,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
     p.add_argument("--address", help="Ray cluster address (backend ray); default: a local Ray")
     p.add_argument("--output", default="results/evaluate", help="directory for CSV, JSON and the plot")
+    p.add_argument("--wide", action="store_true", help="every column in the terminal (markdown has all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

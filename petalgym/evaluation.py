@@ -265,15 +265,40 @@ class Evaluation:
                     out.append(note)
         return out
 
-    def table(self, title: str = "Evaluation") -> Table:
-        """A rich table of the aggregates: mean ± 95 % CI per metric (notes: :meth:`notes`)."""
+    def table(self, title: str = "Evaluation", compact: bool = False) -> Table:
+        """A rich table of the aggregates: mean ± 95 % CI per metric (notes: :meth:`notes`).
+
+        Args:
+            title: the table's title.
+            compact: only the columns a reader compares first (the setting when there are several,
+                decider, per-token time, failed, the reduction vs the reference), without vertical
+                rules, so that it fits 80 columns; the markdown, CSV and JSON keep every column.
+        """
+        from rich import box
+
         header, rows = self._header_and_cells()
+        keep = list(range(len(header)))
+        if compact:
+            wanted = {"decider", "per-token (s)", "failed"}
+            keep = [
+                i
+                for i, name in enumerate(header)
+                if name in wanted
+                or name.startswith("vs ")
+                or (name == "setting" and len(self.settings()) > 1)
+            ]
         notes = self.notes()
-        table = Table(title=title, caption="\n".join(notes) if notes else None)
-        for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i < 2 else "right")
+        table = Table(
+            title=title,
+            caption="\n".join(notes) if notes else None,
+            box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+            pad_edge=not compact,
+        )
+        for i in keep:
+            left = header[i] in ("setting", "decider")
+            table.add_column(header[i], justify="left" if left else "right", no_wrap=compact)
         for cells in rows:
-            table.add_row(*cells)
+            table.add_row(*(cells[i] for i in keep))
         return table
 
     def to_markdown(self, path: str | Path | None = None) -> str:

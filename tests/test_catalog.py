@@ -146,13 +146,18 @@ def test_unknown_names_are_clear_errors(overrides, match):
 
 
 def test_cli_lists_models_and_gpus(capsys):
-    assert main(["models"]) == 0
+    assert main(["models", "--wide"]) == 0
     out = capsys.readouterr().out
     assert "llama-3.1-405b" in out and "3,187,703,808" in out and "234.9 (4,096)" in out
+    assert main(["models"]) == 0  # fits 80 columns: the wide ones left out
+    out = capsys.readouterr().out
+    assert "llama-3.1-405b" in out and "3,187,703,808" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
     assert main(["gpus", "--model", "llama-3.1-70b"]) == 0
     out = capsys.readouterr().out
     assert "rtx-4090" in out and "estimate" in out and "2.004" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
     assert main(["gpus"]) == 0
-    assert "measured (PETALS)" in capsys.readouterr().out
+    assert "measured" in capsys.readouterr().out
     assert main(["gpus", "--model", "gpt-5"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -95,6 +95,10 @@ def test_evaluate_writes_table_csv_json_png(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "vs petals" in out and "cg-bp-ws-rr" in out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "TTFT" not in out  # the compact table
+    argv = ["evaluate", "--deciders", "petals", "--seeds", "1", "--no-progress", "--wide"]
+    assert main([*argv, "--set", "workload.num_requests=5", "--output", str(tmp_path / "wide")]) == 0
+    assert "TTFT" in capsys.readouterr().out
     for name in ("evaluation.csv", "evaluation.json", "evaluation.png", "evaluation.md"):
         assert (tmp_path / name).stat().st_size > 0
     markdown = (tmp_path / "evaluation.md").read_text().splitlines()
