@@ -591,6 +591,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         table.add_row("best validation model", str(result.best_model_path))
     if result.exported is not None:
         table.add_row("exported", str(result.exported))
+    table.add_row(
+        "checkpoints",
+        result.checkpoint_note or f"{len(result.checkpoints)} in {Path(args.output) / 'checkpoints'}",
+    )
     if result.eval_history:
         last = result.eval_history[-1]
         table.add_row(

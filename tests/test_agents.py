@@ -566,3 +566,15 @@ def test_each_task_ships_a_small_agent_for_its_own_environment(task_name):
     short = short.with_overrides({"workload.warmup_s": 0.0})
     summary = petalgym.simulate(short, decider, seed=100).summary()
     assert summary["completed"] > 0 and summary["failed"] == 0 and decider.invalid_actions == 0
+
+
+def test_train_says_why_no_checkpoint_was_written_and_shows_the_warm_start(tmp_path, routing_run, capsys):
+    assert len(routing_run.checkpoints) == 2 and routing_run.checkpoint_note == ""  # 512 steps, every 256
+    argv = ["train", "--env", "PetalRouting-v0", "--timesteps", "128", "--set", "workload.num_requests=12"]
+    argv += ["--hp", "n_steps=128", "--hp", "warm_start.decisions=40", "--hp", "warm_start.epochs=2"]
+    argv += ["--checkpoint-freq", "1000", "--eval-freq", "0", "--no-tensorboard", "--output", str(tmp_path)]
+    assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # (table cells wrap)
+    assert "warm start: expert decisions" in out and "warm start: behaviour cloning epochs" in out
+    assert "none: the run's 128 timesteps are fewer than checkpoint_freq 1000" in out
+    assert not list((tmp_path / "checkpoints").glob("*.zip"))

@@ -32,6 +32,8 @@ import json
 import platform
 import shutil
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata as importlib_metadata
@@ -74,6 +76,10 @@ class TrainResult:
     best_model_path: Path | None = None
     exported: Path | None = None
     eval_history: list[dict[str, float]] = field(default_factory=list)
+    #: Checkpoint files written (``checkpoints/``) and, if none, why (e.g. the run was shorter than
+    #: ``checkpoint_freq``).
+    checkpoints: list[Path] = field(default_factory=list)
+    checkpoint_note: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,12 +353,14 @@ def collect_expert_play(
     gamma: float,
     experts: list[str] | tuple[str, ...] = ("builtin",),
     mixture: list[dict[str, Any]] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Play ``experts`` (:func:`expert_policy`; episode i is played by expert i mod len(experts)) on
     training-pool episodes until at least ``decisions`` decisions (whole episodes). Experts that cannot run
     on the scenario (e.g. CG-BP infeasible at their |R|) are dropped. Returns arrays ``obs`` (n, d),
     ``masks`` (n, A) bool, ``actions`` (n,), ``returns`` (n,): discounted (``gamma``) returns-to-go within
-    each episode, and ``experts``: the experts used."""
+    each episode, and ``experts``: the experts used. ``on_progress(n)`` hears the decisions collected so far
+    after every episode."""
     import numpy as np
 
     env = make_env(env_id, env_kwargs, seed_range=TRAIN_SIM_SEEDS, mixture=mixture)
@@ -397,6 +405,8 @@ def collect_expert_play(
             act_l.append(a)
             ret_l.append(ret)
         n += len(rewards)
+        if on_progress is not None:
+            on_progress(n)
     env.close()
     return {
         "obs": np.asarray(obs_l, dtype=np.float32),
@@ -416,12 +426,13 @@ def warm_start(
     learning_rate: float,
     value: bool,
     seed: int,
+    on_epoch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Behaviour cloning: fit the policy to the built-in decider's actions in ``data`` (masked
     cross-entropy) and, if ``value``, the value function to the returns-to-go (MSE, weighted by ``vf_coef``),
     with the model's own optimizer at ``learning_rate`` (restored afterwards). Only actor-critic models (PPO,
     MaskablePPO, A2C). Returns the last epoch's mean losses and ``accuracy``: the share of decisions where
-    the cloned policy's most likely action is the expert's."""
+    the cloned policy's most likely action is the expert's. ``on_epoch()`` is called after every epoch."""
     import numpy as np
     import torch
 
@@ -464,6 +475,8 @@ def warm_start(
             "policy_loss": float(np.mean(pi_losses)),
             "value_loss": float(np.mean(v_losses)) if v_losses else 0.0,
         }
+        if on_epoch is not None:
+            on_epoch()
     policy.set_training_mode(False)
     for g, lr in zip(policy.optimizer.param_groups, saved, strict=True):
         g["lr"] = lr
@@ -681,24 +694,29 @@ def train(
         **kwargs,
     )
     if warm is not None and int(warm["decisions"]) > 0:
-        data = collect_expert_play(
-            env_id,
-            env_kwargs,
-            int(warm["decisions"]),
-            seed + 7919,
-            float(kwargs.get("gamma", 0.99)),
-            list(warm["experts"]),
-            mixture,
-        )
-        metadata["warm_start"] = warm_start(
-            model,
-            data,
-            int(warm["epochs"]),
-            int(warm["batch_size"]),
-            float(warm["learning_rate"]),
-            bool(warm["value"]),
-            seed,
-        )
+        with _phases(progress) as bar:
+            playing = bar.add_task("warm start: expert decisions", total=int(warm["decisions"]))
+            data = collect_expert_play(
+                env_id,
+                env_kwargs,
+                int(warm["decisions"]),
+                seed + 7919,
+                float(kwargs.get("gamma", 0.99)),
+                list(warm["experts"]),
+                mixture,
+                on_progress=lambda n: bar.update(playing, completed=min(n, int(warm["decisions"]))),
+            )
+            cloning = bar.add_task("warm start: behaviour cloning epochs", total=int(warm["epochs"]))
+            metadata["warm_start"] = warm_start(
+                model,
+                data,
+                int(warm["epochs"]),
+                int(warm["batch_size"]),
+                float(warm["learning_rate"]),
+                bool(warm["value"]),
+                seed,
+                on_epoch=lambda: bar.advance(cloning),
+            )
     try:
         model.learn(total_timesteps=timesteps, callback=CallbackList(callbacks), tb_log_name=algo)
     finally:
@@ -712,6 +730,13 @@ def train(
         write_model_metadata(best, {**metadata, "selected": "best validation mean reward"})
         best_path = best
     history = list(eval_cb.petal_history) if eval_cb is not None else []
+    checkpoints = sorted((out / "checkpoints").glob("*.zip")) if ckpt_freq > 0 else []
+    if ckpt_freq <= 0:
+        note = "none: checkpoint_freq is 0"
+    elif not checkpoints:
+        note = f"none: the run's {timesteps} timesteps are fewer than checkpoint_freq {ckpt_freq}"
+    else:
+        note = ""
     exported = None
     if export is not None:
         source = best_path if (export_best and best_path is not None) else model_path
@@ -724,7 +749,36 @@ def train(
         else:
             shutil.copyfile(source, exported)
             shutil.copyfile(source.with_suffix(".json"), exported.with_suffix(".json"))
-    return TrainResult(out, model_path, metadata_path, metadata, best_path, exported, history)
+    return TrainResult(
+        out, model_path, metadata_path, metadata, best_path, exported, history, checkpoints, note
+    )
+
+
+class _NoBar:
+    """A progress bar that shows nothing (``progress=False``)."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def _phases(progress: bool) -> Iterator[Any]:
+    """A rich progress display for the phases before training (or one that shows nothing)."""
+    if not progress:
+        yield _NoBar()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    ) as bar:
+        yield bar
 
 
 __all__ = [
