@@ -336,37 +336,89 @@ class Evaluation:
         return path
 
     def plot(self, path: str | Path, metric: str = "per_token_s", title: str = "") -> Path:
-        """Save a grouped bar chart of ``metric`` (mean with 95 % CI error bars) per setting and decider."""
-        import matplotlib
+        """Save a bar chart of ``metric``: mean with its 95 % CI (error bar and printed value) per decider,
+        one distinct colour per decider; one setting gives horizontal bars labelled by decider, several
+        give groups of bars per setting with a legend. At most :data:`MAX_FIGURE_PX` pixels wide."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        aggs = self.aggregate()
+        aggs = {(a["setting"], a["decider"]): a for a in self.aggregate()}
         settings, deciders = self.settings(), self.deciders()
-        width = 0.8 / max(len(deciders), 1)
-        fig, ax = plt.subplots(figsize=(max(7.0, 2.0 + 0.35 * len(settings) * len(deciders)), 4.0))
-        for k, decider in enumerate(deciders):
-            means, errs = [], []
-            for s in settings:
-                a = next((x for x in aggs if x["setting"] == s and x["decider"] == decider), None)
-                means.append(a[metric] if a else math.nan)
-                errs.append(a[f"{metric}_ci95"] if a else math.nan)
-            xs = np.arange(len(settings)) + (k - (len(deciders) - 1) / 2) * width
-            ax.bar(xs, means, width, yerr=np.nan_to_num(errs), capsize=2, label=decider)
+        colours = decider_colours(deciders)
         label, unit = self.metrics.get(metric, (metric, ""))
-        ax.set_ylabel(f"{label} ({unit})" if unit else label)
-        ax.set_xticks(np.arange(len(settings)), settings, rotation=15, ha="right")
-        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        ax.grid(axis="y", alpha=0.3)
-        if title:
-            ax.set_title(title)
+        axis_label = f"{label} ({unit})" if unit else label
+
+        def value(setting: str, decider: str) -> tuple[float, float]:
+            a = aggs.get((setting, decider))
+            return (a[metric], a[f"{metric}_ci95"]) if a else (math.nan, math.nan)
+
+        max_in = MAX_FIGURE_PX / PLOT_DPI
+        if len(settings) == 1:
+            fig = Figure(figsize=(min(8.0, max_in), min(1.2 + 0.32 * len(deciders), max_in)), dpi=PLOT_DPI)
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            means, errs = zip(*(value(settings[0], d) for d in deciders), strict=True)
+            ys = np.arange(len(deciders))[::-1]
+            ax.barh(ys, means, xerr=np.nan_to_num(errs), capsize=2, color=[colours[d] for d in deciders])
+            ax.set_yticks(ys, deciders, fontsize="small")
+            top = np.nanmax([m + (e if e == e else 0.0) for m, e in zip(means, errs, strict=True)] + [0.0])
+            for y, m, e in zip(ys, means, errs, strict=True):
+                if m == m:
+                    ax.text(
+                        m + (e if e == e else 0.0) + 0.01 * top, y, format_pm(m, e), va="center", fontsize=7
+                    )
+            ax.set_xlim(0, top * 1.3 if top > 0 else 1.0)
+            ax.set_xlabel(axis_label)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title(title or settings[0], fontsize="medium")
+        else:
+            n = len(settings) * len(deciders)
+            fig = Figure(figsize=(min(max(7.0, 2.5 + 0.3 * n), max_in), 4.5), dpi=PLOT_DPI)
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            width = 0.8 / max(len(deciders), 1)
+            for k, decider in enumerate(deciders):
+                means, errs = zip(*(value(s, decider) for s in settings), strict=True)
+                xs = np.arange(len(settings)) + (k - (len(deciders) - 1) / 2) * width
+                ax.bar(
+                    xs,
+                    means,
+                    width,
+                    yerr=np.nan_to_num(errs),
+                    capsize=2,
+                    label=decider,
+                    color=colours[decider],
+                )
+                if n <= 60:  # values on the bars while they stay legible
+                    for x, m, e in zip(xs, means, errs, strict=True):
+                        if m == m:
+                            ax.text(x, m + (e if e == e else 0.0), f"{m:.3g}", ha="center", va="bottom",
+                                    rotation=90, fontsize=6)  # fmt: skip
+            ax.set_ylabel(axis_label)
+            ax.set_xticks(np.arange(len(settings)), settings, rotation=20, ha="right", fontsize="small")
+            ax.margins(y=0.15)
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            ax.grid(axis="y", alpha=0.3)
+            if title:
+                ax.set_title(title, fontsize="medium")
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        fig.savefig(path, dpi=PLOT_DPI)
         return path
+
+
+#: Resolution (dots per inch) and largest width or height (pixels) of the saved charts.
+PLOT_DPI = 120
+MAX_FIGURE_PX = 1920
+
+
+def decider_colours(deciders: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """One distinct colour per decider, in order (matplotlib's tab20, then tab20b and tab20c: 60 colours)."""
+    from matplotlib import colormaps
+
+    palette = [colormaps[name](i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    return {d: palette[i % len(palette)] for i, d in enumerate(deciders)}
 
 
 def evaluate(

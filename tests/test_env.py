@@ -512,6 +512,13 @@ def test_render_modes() -> None:
     img = rgb_env.render()
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.shape == blank.shape
     assert (img != blank).any()  # placed servers are drawn
+    from petalgym.envs.render import LEGEND, render_rgb
+
+    raw = render_rgb(None, None, 26, 70)
+    assert img.shape[0] > raw.shape[0] and img.shape[1] == raw.shape[1]  # the legend strip below
+    legend = img[raw.shape[0] :]
+    assert (legend.max(axis=2) - legend.min(axis=2) > 100).any() and len(LEGEND) == 8  # coloured swatches
+    assert (legend.max(axis=2) < 80).any()  # dark text
     with pytest.warns(UserWarning, match="without a render_mode"):
         assert gym.make("PetalAlloc-v0").unwrapped.render() is None
 

@@ -78,6 +78,27 @@ def test_outputs(tmp_path):
     assert ev.table().row_count == 1
 
 
+def test_charts_give_every_decider_its_colour_and_stay_readable(tmp_path):
+    """18 deciders get 18 colours (a 10-colour cycle gave petals and ppo-placement the same blue); a grid
+    of many settings stays at most MAX_FIGURE_PX wide (the ablations chart was 5,280 px)."""
+    import matplotlib.image as mpimg
+
+    from petalgym.evaluation import MAX_FIGURE_PX, decider_colours
+
+    names = [f"d{i}" for i in range(18)]
+    assert len(set(decider_colours(names).values())) == 18
+    many = {f"s{k}": {"workload.num_requests": 4 + k} for k in range(12)}
+    ev = evaluate(
+        "clustered-9", ["shortest", "petals", "round-robin"], range(1), settings=many, progress=False
+    )
+    height, width, _ = mpimg.imread(ev.plot(tmp_path / "grid.png")).shape
+    assert width <= MAX_FIGURE_PX and height <= MAX_FIGURE_PX
+    small = {"": {"workload.num_requests": 8}}
+    one = evaluate("clustered-9", ["shortest", "petals"], range(2), settings=small, progress=False)
+    image = mpimg.imread(one.plot(tmp_path / "one.png"))
+    assert image.shape[1] <= MAX_FIGURE_PX and image.shape[0] < image.shape[1] * 2
+
+
 def test_bad_override_fails_before_simulating():
     with pytest.raises(PetalgymError, match="arrival_rate"):
         evaluate(

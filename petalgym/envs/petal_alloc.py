@@ -49,7 +49,7 @@ from petalgym.deciders import Decider, make_decider
 from petalgym.envs.candidates import DEFAULT_LEVEL_MULTIPLIERS
 from petalgym.envs.codec import CONTROLS, DecisionCodec, EnvConfigError, InvalidActionError, Pending
 from petalgym.envs.features import OBS_MODES
-from petalgym.envs.render import render_rgb, render_text
+from petalgym.envs.render import legend_strip, render_rgb, render_text
 from petalgym.errors import PetalgymError
 from petalgym.metrics import REWARDS, EpisodeCost, summarise
 from petalgym.scenario import Scenario, load_scenario
@@ -249,6 +249,7 @@ class PetalAllocEnv(gym.Env):
         self.invalid_action = invalid_action
         self.max_decisions = None if max_decisions is None else int(max_decisions)
         self.render_mode = render_mode
+        self._legend: np.ndarray | None = None  # the rgb picture's key (legend_strip), drawn once
         self.codec = DecisionCodec(
             self.scenario,
             control,
@@ -372,7 +373,10 @@ class PetalAllocEnv(gym.Env):
         if self.render_mode == "ansi":
             return render_text(self.sim, self.pending)
         if self.render_mode == "rgb_array":
-            return render_rgb(self.sim, self.pending, self.scenario.num_servers, self.scenario.num_blocks)
+            img = render_rgb(self.sim, self.pending, self.scenario.num_servers, self.scenario.num_blocks)
+            if self._legend is None or self._legend.shape[1] != img.shape[1]:
+                self._legend = legend_strip(img.shape[1])  # drawn once per picture width
+            return np.vstack([img, self._legend])
         gym.logger.warn(
             "PetalAllocEnv.render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'"
         )

@@ -5,6 +5,8 @@ server, one column band per block. A server's span is coloured by status (ONLINE
 DRAINING grey); the band on the right shows its cache use (red = used, pale = free). The joining server
 of a PLACE decision is outlined in yellow; the hops of the built-in chain of a ROUTE decision are drawn
 in green over the spans. The bottom rows show per-block coverage (darker = more ONLINE hosts).
+:func:`legend_strip` draws the key to these colours once (matplotlib's Agg canvas, no pyplot state); the
+env appends it below every picture.
 """
 
 from __future__ import annotations
@@ -138,4 +140,34 @@ def render_rgb(
     return img
 
 
-__all__ = ["render_rgb", "render_text"]
+#: The picture's colours and what they mean, in legend order.
+LEGEND: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("online span", _STATUS_COLOUR[ServerStatus.ONLINE]),
+    ("loading", _STATUS_COLOUR[ServerStatus.LOADING]),
+    ("draining", _STATUS_COLOUR[ServerStatus.DRAINING]),
+    ("built-in chain's hops", _CHAIN),
+    ("joining server", _JOIN),
+    ("cache used / uncovered block", _USED),
+    ("cache free", _FREE),
+    ("coverage (darker: more hosts)", (35, 35, 255)),
+)
+
+
+def legend_strip(width: int) -> np.ndarray:
+    """The key to :func:`render_rgb`'s colours as an RGB uint8 strip ``width`` pixels wide."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    ncol = max(1, min(len(LEGEND), width // 150))
+    rows = -(-len(LEGEND) // ncol)
+    height = 12 + 15 * rows
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="none", label=label) for label, c in LEGEND]
+    fig.legend(handles=handles, loc="center", ncol=ncol, frameon=False, fontsize=7, handlelength=1.2)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[:height, :width, :3].copy()
+
+
+__all__ = ["LEGEND", "legend_strip", "render_rgb", "render_text"]
