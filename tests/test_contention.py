@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from petalgym.agents import TASK_AGENTS
 from petalgym.contention import Contention, FifoProcessors
 from petalgym.deciders import decider_names, make_decider
 from petalgym.errors import ScenarioError
@@ -215,7 +216,11 @@ def test_contention_slows_sessions_and_the_paper_load_has_no_stationary_regime()
     assert long_plain < 5.0  # without contention the same load is stationary
 
 
-@pytest.mark.parametrize("decider", [d for d in decider_names() if d != "agent"])  # (agent: a file)
+#: (agent: a file; the task agents run only on their task's scenario, played in test_agents.py)
+ANY_SCENARIO = [d for d in decider_names() if d != "agent" and d not in TASK_AGENTS.values()]
+
+
+@pytest.mark.parametrize("decider", ANY_SCENARIO)
 def test_every_decider_runs_unchanged_under_fifo(decider):
     over = {"workload.num_requests": 25, "workload.l_out": 16}
     name = "clustered-9"
