@@ -19,6 +19,8 @@ from petalgym.agents.policy import AgentDecider, _load_model
 from petalgym.agents.train import train
 from petalgym.cli import main
 
+pytestmark = pytest.mark.slow  # (trains models)
+
 SMALL = {"workload.num_requests": 12}
 FAST_PPO = {"n_steps": 128, "batch_size": 64, "n_epochs": 2, "warm_start": None}
 
@@ -73,6 +75,7 @@ def _observations(env_id: str, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return pairs
 
 
+@pytest.mark.slow
 def test_exported_actions_and_logits_equal_torchs(run):
     import torch
 
@@ -113,6 +116,7 @@ def test_an_export_plays_the_models_episodes_and_keeps_its_metadata(run):
         assert a["completed"] + a["failed"] == 20
 
 
+@pytest.mark.slow
 def test_loading_an_export_imports_no_torch_and_runs_an_episode(run):
     _, result = run
     code = (

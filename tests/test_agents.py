@@ -34,6 +34,8 @@ from petalgym.agents.wrappers import PetalMonitor, SimSeedPool
 from petalgym.cli import DEFAULT_DECIDERS, main
 from petalgym.evaluation import DeciderSpec, evaluate
 
+pytestmark = pytest.mark.slow  # (trains models)
+
 SMALL = {"workload.num_requests": 12}  # short episodes: ~12 ROUTE decisions on clustered-9
 FAST_PPO = {"n_steps": 128, "batch_size": 64, "n_epochs": 2, "warm_start": None}
 
@@ -70,6 +72,7 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------------------------------
 # training run: files, TensorBoard, metadata
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_writes_model_metadata_checkpoints_and_validation(routing_run):
     out = routing_run.output_dir
     assert routing_run.model_path == out / "model.zip" and routing_run.model_path.is_file()
@@ -275,6 +278,7 @@ def test_pretrained_models_load_and_act_within_the_mask(name):
 # --------------------------------------------------------------------------------------------------
 # other algorithms, CLI, reproducibility
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "dqn"])
 def test_unmasked_algorithms_train_with_default_replacement(tmp_path, algo):
     hp = {"env_kwargs.max_servers": 9}
@@ -305,6 +309,7 @@ def test_unmasked_algorithms_train_with_default_replacement(tmp_path, algo):
         )
 
 
+@pytest.mark.slow
 def test_cli_train_subprocess_envs_and_reproducibility(tmp_path, capsys):
     from sb3_contrib import MaskablePPO
 
@@ -509,6 +514,7 @@ def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path)
     assert in_env == [(r.id, r.start, r.finish, r.first_chain) for r in result.requests]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm", "DiurnalLoad"])
 def test_task_agent_configs_build_their_tasks_env(name):
     """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, Parallax built in (the
@@ -531,6 +537,7 @@ def test_task_agent_configs_build_their_tasks_env(name):
     assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_name", sorted(TASK_AGENTS))
 def test_each_task_ships_a_small_agent_for_its_own_environment(task_name):
     from petalgym.tasks import get_task

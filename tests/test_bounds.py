@@ -70,6 +70,7 @@ SETTINGS = [
 DECIDERS = ["petals", "cg-bp-ws-rr", "cg-bprr", "gbp-cr-jffc", "gbp-cr-sed", "parallax", "shortest", "random"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides", SETTINGS)
 def test_the_bound_is_below_every_decider_on_validation_seeds(name, overrides):
     sc = load_scenario(name, overrides)

@@ -140,6 +140,7 @@ def test_keyed_queues_are_served_independently():
     assert any(o.start < e.finish and e.start < o.finish for e in evens for o in odds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clustered-9", "bellcanada-26-churn"])
 @pytest.mark.parametrize("contention", [None, "fifo"])
 def test_jffc_never_exceeds_chain_capacities_and_serves_first_come_first(name, contention):

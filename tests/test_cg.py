@@ -168,6 +168,7 @@ def small_instances(draw) -> OfflineInstance:
     return _instance(memory, tau, t, requests, L, caps, s_m=s_m, s_c=s_c, l_out=draw(st.integers(1, 5)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(small_instances())
 def test_cg_bprr_feasible_and_within_theorem2(inst: OfflineInstance):

@@ -153,6 +153,7 @@ STORMS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("label", "scenario", "overrides", "decider", "kwargs", "causes", "rejoins"),
     STORMS,
@@ -173,6 +174,7 @@ def test_storm_loses_nothing_and_leaks_nothing(label, scenario, overrides, decid
         assert idle_checks > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["clustered9-mixed-petals-rebalancing", "bellcanada26-mixed-cg"])
 def test_storm_episode_is_a_function_of_its_seed(label):
     _, scenario, overrides, decider, kwargs, _, _ = next(s for s in STORMS if s[0] == label)
@@ -211,6 +213,7 @@ def stormy_scenarios(draw: st.DrawFn) -> Scenario:
     return scenario_from_dict(data, source="storm")
 
 
+@pytest.mark.slow
 @settings(max_examples=30)
 @given(
     sc=stormy_scenarios(),
@@ -229,6 +232,7 @@ def test_random_storms_lose_nothing_and_leak_nothing(sc, seed, wait, period):
     assert sum(sim.leaves.values()) > 0  # servers did leave
 
 
+@pytest.mark.slow
 def test_storm_through_the_environment_leaks_nothing():
     """The same storm driven by an agent (random masked routes and placements) through PetalAlloc-v0 with
     PETALS rebalancing: after every episode every request ended and every server's cache is free."""

@@ -56,6 +56,7 @@ def test_simulate_prints_summary_and_writes_csv(tmp_path, capsys):
     assert code == 0 and re.search(r"leaves\s+│\s+failure: \d+", capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_python_dash_m_petalgym_is_the_command():
     import subprocess
     import sys
@@ -183,6 +184,7 @@ def test_solve_bad_input_exits_2(capsys):
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_solve_milp_proves_the_paper_case_optimal(capfd):
     assert main(["solve", "--method", "milp", "--requests", "3"]) == 0
     out = capfd.readouterr().out  # file-descriptor level: HiGHS prints from C++
@@ -242,6 +244,7 @@ def test_agents_with_the_same_stem_get_distinct_labels(tmp_path):
         agent_labels([str(a), str(a)])
 
 
+@pytest.mark.slow
 def test_cg_bprr_infeasible_at_the_workloads_size_falls_back_and_says_so(tmp_path, capsys):
     """CG-BP cannot reserve cache for 2,000 concurrent sessions on clustered-9: cg-bprr uses a feasible
     |R| and the table says which (before: the whole grid aborted)."""

@@ -181,6 +181,7 @@ def test_bad_arguments_are_named(kwargs, match):
 NAMES = ["gbp-cr-jffc", "gbp-cr-jsq", "gbp-cr-sed", "gbp-cr-sa-jsq", "gbp-cr-jiq"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(
     "scenario,overrides",

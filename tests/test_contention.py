@@ -137,6 +137,7 @@ def engine_times(sessions: list[dict], alpha: float, per_block: bool, num_server
     return [[r.first_token, f] for r, f in zip(reqs, finish, strict=True)]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(fifo_cases())
 def test_engine_matches_the_specification_event_by_event(case):
@@ -200,6 +201,7 @@ def test_sessions_that_never_overlap_take_the_paper_time():
         assert abs(twin.finish - q.finish) < 1e-9 and abs(twin.first_token - q.first_token) < 1e-9
 
 
+@pytest.mark.slow
 def test_contention_slows_sessions_and_the_paper_load_has_no_stationary_regime():
     """realism.md 1.3: clustered-9 decodes at most ~15 tokens/s under fifo, so lambda = 0.5/s with 64
     tokens (32 tokens/s) is overload: waits grow with the number of requests instead of settling."""
@@ -220,6 +222,7 @@ def test_contention_slows_sessions_and_the_paper_load_has_no_stationary_regime()
 ANY_SCENARIO = [d for d in decider_names() if d != "agent" and d not in TASK_AGENTS.values()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decider", ANY_SCENARIO)
 def test_every_decider_runs_unchanged_under_fifo(decider):
     over = {"workload.num_requests": 25, "workload.l_out": 16}

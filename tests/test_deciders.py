@@ -24,6 +24,7 @@ def test_every_baseline_is_registered():
         make_decider("nope")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_chains_feasible_and_requests_conserved(name):
     scenario = load_scenario("clustered-9", {"workload.num_requests": 40, "workload.arrival_rate": 0.3})
@@ -35,6 +36,7 @@ def test_chains_feasible_and_requests_conserved(name):
     assert all(r.status == RequestStatus.COMPLETED for r in result.requests), "no churn: nothing may fail"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "round-robin"])
 def test_under_churn_every_request_ends_with_a_reason(name):
     scenario = load_scenario("bellcanada-26-churn", {"workload.horizon_s": 900.0})

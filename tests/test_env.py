@@ -151,6 +151,7 @@ def test_max_servers_pads_with_absent_rows() -> None:
 # --------------------------------------------------------------------------------------------------
 # Checkers and vectorisation
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("env_id", "obs_mode"), list(itertools.product(ENV_IDS, ["flat", "dict", "rllib"])))
 def test_env_checkers(env_id: str, obs_mode: str) -> None:
     from gymnasium.utils.env_checker import check_env
@@ -235,6 +236,7 @@ def test_make_vec(mode: str) -> None:
         envs.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vec_cls", ["DummyVecEnv", "SubprocVecEnv"])
 def test_sb3_vec_envs(vec_cls: str) -> None:
     from sb3_contrib.common.maskable.utils import get_action_masks

@@ -186,6 +186,7 @@ def test_decider_policy_unrepresentable_answer() -> None:
         DeciderPolicy(gym.make("CartPole-v1"), "petals")
 
 
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(
     scenario=small_scenarios(),
@@ -215,6 +216,7 @@ def test_default_actions_reproduce_a_random_decider(scenario, control: str, seed
 # --------------------------------------------------------------------------------------------------
 # PolicyDecider: a policy in simulate() equals the policy in the env
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("control", "obs_mode", "where", "options"),
     [
@@ -311,6 +313,7 @@ def test_policy_decider_over_a_central_queue_builtin_equals_env() -> None:
     assert len(assert_policy_in_simulate_equals_env(env, policy_seed=7, seed=2)) > 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("control", ["placement", "routing"])
 def test_a_builtin_that_sets_its_balance_period_in_reset_is_reproduced(control: str) -> None:
     """Parallax sets its rebalance period in reset() (from the scenario); the env must read it after the

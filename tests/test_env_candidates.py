@@ -81,6 +81,7 @@ def test_mixed_candidates_are_feasible_and_follow_their_rules(scenario, seed: in
     assert all(r.status in (RequestStatus.COMPLETED, RequestStatus.FAILED) for r in sim.requests)
 
 
+@pytest.mark.slow
 def test_mixed_candidates_differ_from_ws_rr_under_churn() -> None:
     """On BellCanada with churn the rules give chains WS-RR's k best do not: they widen the choice."""
     env = gym.make("PetalRouting-v0", candidate_set="mixed", num_candidates=6, **CHURN)

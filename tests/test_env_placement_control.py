@@ -83,6 +83,7 @@ def test_keep_everywhere_equals_the_builtin_with_the_same_ticks() -> None:
     assert ends[0] == ends[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement_starts", ["any", "gaps"])
 def test_rebalance_policy_in_simulate_equals_env(placement_starts: str) -> None:
     env = gym.make(

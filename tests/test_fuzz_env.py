@@ -218,6 +218,7 @@ SCALED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("label", "env_id", "kwargs", "steps"), SCALED, ids=[c[0] for c in SCALED])
 def test_random_actions_keep_the_contract(label, env_id, kwargs, steps):
     env = gym.make(env_id, **kwargs)
@@ -237,6 +238,7 @@ def test_random_actions_keep_the_contract(label, env_id, kwargs, steps):
 # --------------------------------------------------------------------------------------------------
 # Random small swarms (every kind of churn, tiny caches)
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=40)
 @given(
     data=scenario_dicts(churn=None, max_requests=30),

@@ -190,6 +190,7 @@ def field_names(path: tuple) -> set[str]:
 # --------------------------------------------------------------------------------------------------
 # Structured mutations of the shipped scenarios
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=250)
 @given(case=mutated_documents(shipped))
 def test_mutated_shipped_scenarios_load_or_fail_cleanly(case):
@@ -197,6 +198,7 @@ def test_mutated_shipped_scenarios_load_or_fail_cleanly(case):
     load_cleanly(write("mutated.yaml", yaml.safe_dump(data, allow_unicode=True)))
 
 
+@pytest.mark.slow
 @settings(max_examples=100)
 @given(case=mutated_documents(scenario_dicts(churn=None)))
 def test_many_mutations_of_small_scenarios_load_or_fail_cleanly(case):
@@ -204,6 +206,7 @@ def test_many_mutations_of_small_scenarios_load_or_fail_cleanly(case):
     load_cleanly(write("mutated-small.yaml", yaml.safe_dump(data, allow_unicode=True)))
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(name=st.sampled_from(SHIPPED), data=st.data())
 def test_one_bad_value_is_named(name, data):
@@ -233,6 +236,7 @@ CONSEQUENCES = (
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150)
 @given(name=st.sampled_from(SHIPPED), data=st.data())
 def test_missing_field_is_named(name, data):
@@ -269,6 +273,7 @@ edits = st.lists(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=250)
 @given(name=st.sampled_from(SHIPPED), edits=edits, truncate=st.floats(0.0, 1.0), cut=st.booleans())
 def test_edited_yaml_text_loads_or_fails_cleanly(name, edits, truncate, cut):
@@ -316,6 +321,7 @@ def override_sets(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     return name, draw(st.dictionaries(keys, junk, min_size=1, max_size=3))
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(case=override_sets())
 def test_random_overrides_load_or_fail_cleanly(case):
@@ -447,6 +453,7 @@ def test_binary_files_are_scenario_errors(target):
     assert msg and "UTF-8" in msg, msg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

@@ -295,6 +295,7 @@ def _check_episode(sc, seed=0, **kwargs):
     return d, res
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("contention", [None, "fifo"])
 def test_episode_on_clustered_9(contention):
     overrides = {"workload.num_requests": 30, "workload.arrival_rate": 1.0}
@@ -309,6 +310,7 @@ def test_episode_on_clustered_9(contention):
     assert d.routed == 30 and d.dead_ends == 0
 
 
+@pytest.mark.slow
 def test_episode_with_churn_recovers_from_route_from():
     churn = {
         "enabled": True,

@@ -59,6 +59,7 @@ def package_modules() -> list[Path]:
     return sorted(ROOT.rglob("*.py"))  # baselines/ and agents/ included (they live in the package)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", package_modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_no_module_level_cache(path: Path) -> None:
     """A cache starts empty: no module-level name is bound to an empty dict, list or set (registries of

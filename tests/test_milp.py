@@ -174,6 +174,7 @@ FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChe
 # --------------------------------------------------------------------------------------------------
 # MILP == enumeration
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
 @settings(FAST, max_examples=150)
 @given(inst=tiny_instances())
@@ -188,6 +189,7 @@ def test_milp_equals_exhaustive_enumeration(solver: str, inst: OfflineInstance) 
     assert sol.info["solver"] == solver and sol.method == "milp"
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=80)
 @given(
     inst=tiny_instances(),
@@ -284,6 +286,7 @@ def clustered_9x3() -> OfflineInstance:
     return OfflineInstance.from_scenario(load_scenario("clustered-9"), 3)
 
 
+@pytest.mark.slow
 def test_clustered_9x3_solved_to_proven_optimality(clustered_9x3: OfflineInstance) -> None:
     inst = clustered_9x3
     sol = solve_milp(inst, "highs", time_limit_s=60)
@@ -303,6 +306,7 @@ def test_clustered_9x3_solved_to_proven_optimality(clustered_9x3: OfflineInstanc
         assert {h.server for h in chain} == {0, 1}
 
 
+@pytest.mark.slow
 def test_time_limit_with_incumbent_is_feasible_with_a_gap() -> None:
     """One A100 + 8 MIG slices on AboveNet with 20 requests: memory binds on the A100, HiGHS needs ~60 s
     and ~800 nodes to prove the optimum. Stopped after 3 s it must return the incumbent ("feasible")
@@ -321,6 +325,7 @@ def test_time_limit_with_incumbent_is_feasible_with_a_gap() -> None:
     assert sol.bound <= 2460.6629888 + 1e-6 <= sol.objective + 1e-6
 
 
+@pytest.mark.slow
 def test_clustered_9x3_lp_bound_is_the_optimum(clustered_9x3: OfflineInstance) -> None:
     hand = 3 * 128 * (2 * 0.2 + 70 * float(clustered_9x3.tau.min()))
     assert lp_relaxation_bound(clustered_9x3) == pytest.approx(hand, rel=1e-7)
@@ -399,6 +404,7 @@ def test_time_limit_without_incumbent_raises(monkeypatch) -> None:
         solve_milp(_small(), "highs", time_limit_s=7, warm_start=False)
 
 
+@pytest.mark.slow
 def test_cbc_time_limit_without_incumbent_raises(clustered_9x3: OfflineInstance) -> None:
     """For real: without the warm start and with CBC's own presolve, CBC finds no incumbent on 9 x 3 in
     1 s (its feasibility pump finds none in 60 s either). CBC 2.10's preprocessing, cut short by the time
@@ -433,6 +439,7 @@ def test_greedy_placement_is_feasible_for_all_requests(inst: OfflineInstance) ->
 # --------------------------------------------------------------------------------------------------
 # Decider
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_decider_places_the_milp_optimum_and_caches(monkeypatch) -> None:
     sc = with_workload(load_scenario("clustered-9"), num_requests=12)
     calls = []
@@ -458,6 +465,7 @@ def test_decider_places_the_milp_optimum_and_caches(monkeypatch) -> None:
     assert calls == [3]  # kept with the scenario: no re-solve for another seed or decider object
 
 
+@pytest.mark.slow
 def test_decider_default_sessions_is_cg_design_rule() -> None:
     cg = pytest.importorskip("petalgym.baselines.cg")
     sc = with_workload(load_scenario("clustered-9"), num_requests=5)

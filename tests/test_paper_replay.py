@@ -111,6 +111,7 @@ def _reference_servers(sim: Simulator, kv: int, decode_only: bool = False) -> li
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("decider", "seed", "overrides"), [
     ("cg-bp-ws-rr-paper", 0, {}), ("cg-bp-ws-rr-paper", 1, {"workload.l_out": 64}),
     ("cg-bp-ws-rr-paper", 2, {"clients.0.location": 2}),
@@ -172,6 +173,7 @@ def test_allocation_delay_is_a_keyword_of_every_decider():
     assert make_decider("cg-bp-ws-rr-paper").allocation_delay_s == 60.0
 
 
+@pytest.mark.slow
 def test_the_authors_offline_instance_and_its_proven_optimum():
     """test_general_case.m's 9 x 3 instance (the paper's MILP case): local MIG slices 25 + U[0, 5] ms,
     remote A100s 25 + U[100, 200] ms, tau 15 and 15/7 ms, 9.5 and 79.138427734375 GB, no block cap,

@@ -293,6 +293,7 @@ def _check_state(d: ParallaxDecider) -> None:
         assert all(s[1] == t[0] for s, t in itertools.pairwise(spans))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["parallax", "parallax-dp"])
 @pytest.mark.parametrize(
     "scenario,overrides",

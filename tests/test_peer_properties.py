@@ -37,6 +37,7 @@ def run(name, sc, seed):
     return decider, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PEERS)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=small_scenarios(), seed=st.integers(0, 2**31 - 1))

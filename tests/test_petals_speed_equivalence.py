@@ -131,6 +131,7 @@ def check_balance(spans, local, L, quality, seed, pass_throughputs: bool) -> Non
     assert r1.bit_generator.state == r2.bit_generator.state  # same draws consumed
 
 
+@pytest.mark.slow
 def test_should_choose_other_blocks_random_swarms():
     rng = np.random.default_rng(3)
     moves = 0
@@ -151,6 +152,7 @@ def test_should_choose_other_blocks_random_swarms():
     assert moves > 100  # the interesting branch (a simulated re-balancing) is exercised
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(st.data())
 def test_should_choose_other_blocks_hypothesis(data):
@@ -232,6 +234,7 @@ def random_route_case(rng: np.random.Generator, n: int, L: int, ties: bool) -> t
     return spans, rtt, rps, lacks, start
 
 
+@pytest.mark.slow
 def test_min_latency_chain_random_swarms():
     rng = np.random.default_rng(4)
     routed = 0
@@ -261,6 +264,7 @@ def test_min_latency_chain_identical_servers():
         check_route(spans, L, rtt, rps, lacks, int(rng.integers(0, L)), float(rng.choice([0.0, 0.018])))
 
 
+@pytest.mark.slow
 def test_min_latency_chain_large_swarms():
     """Hundreds of servers (the offline benchmark's regime): few cases, many nodes and ties each."""
     rng = np.random.default_rng(6)
@@ -270,6 +274,7 @@ def test_min_latency_chain_large_swarms():
         check_route(spans, 70, rtt, rps, lacks, start if case < 6 else 0)
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(st.data())
 def test_min_latency_chain_hypothesis(data):
@@ -367,6 +372,7 @@ def mutate(rng: np.random.Generator, view: SwarmView) -> None:
         view.placement_version += 1
 
 
+@pytest.mark.slow
 def test_decider_decisions_on_mutating_views():
     rng = np.random.default_rng(7)
     decisions = {"place": 0, "rebalance": 0, "route": 0, "moves": 0}
@@ -454,6 +460,7 @@ def episode(module, scenario, seed: int, skip_retries: bool = False, **kwargs) -
     return res.records(), res.extra, res.decisions, res.events, res.end_time
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "overrides", "seed", "kwargs"),
     [

@@ -8,6 +8,7 @@ import itertools
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import RandomFeasibleDecider, check_server_memory, scenario_dicts, small_scenarios
@@ -285,6 +286,7 @@ def outcomes(sim: Simulator) -> list[tuple]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None)
 @given(data=scenario_dicts(max_requests=40), cap=st.sampled_from([0.5, 2.0, 5.0]), seed=seeds, period=periods)
 def test_skipped_retries_give_the_same_episode(data, cap, seed, period):
@@ -341,6 +343,7 @@ def _net(ops: list[tuple[float, int]]) -> list[tuple[float, int]]:
     return sorted((t, x) for t, x in net.items() if x)
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(
     ops=timeline_ops(nonnegative=False),
@@ -378,6 +381,7 @@ def test_timeline_answers_as_its_definition(ops, after, limit, load):
         Timeline.LOAD = 32
 
 
+@pytest.mark.slow
 @settings(max_examples=200)
 @given(ops=timeline_ops(nonnegative=True), limit=st.integers(-2, 40), load=st.sampled_from([1, 2, 32]))
 def test_release_timeline_answers_as_its_definition(ops, limit, load):

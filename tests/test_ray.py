@@ -33,6 +33,8 @@ from petalgym.errors import PetalgymError, ScenarioError
 from petalgym.evaluation import DeciderSpec, RunSpec, evaluate, run_grid
 from petalgym.scenario import load_scenario
 
+pytestmark = pytest.mark.slow  # (Ray starts a session)
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rllib_ppo.py"
 
 
@@ -146,6 +148,7 @@ def small_grid() -> list[RunSpec]:
     return specs[::-1]
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_rows_equal_local_rows_in_spec_order(local_ray, monkeypatch):
     specs = small_grid()
@@ -233,6 +236,7 @@ def test_rllib_masked_module_never_picks_a_masked_action():
     assert values.shape == (256,) and torch.all(torch.isfinite(values))
 
 
+@pytest.mark.slow
 @needs_rllib
 @pytest.mark.parametrize("env_id", ["PetalRouting-v0", "PetalAlloc-v0"])
 def test_rllib_ppo_trains_one_iteration_with_env_runners(local_ray, env_id):

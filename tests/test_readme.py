@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,7 @@ def test_readme_has_exactly_two_setup_commands():
     assert "pip install torch==2.13.0" in tests  # the CPU wheel, not a CUDA build
 
 
+@pytest.mark.slow
 def test_the_main_job_runs_its_shipped_agents_without_torch(tmp_path):
     """`petalgym evaluate`'s default deciders, shipped agents included, with torch and SB3 unimportable."""
     import subprocess
@@ -59,6 +62,7 @@ def test_quick_tour_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "requests.csv").read_text().count("\n") > 10
 
 
+@pytest.mark.slow
 def test_the_package_imports_the_same_from_the_repository_root_and_from_anywhere(tmp_path):
     """No local folder shadows part of the package: baselines, agents and configs live inside petalgym/."""
     import subprocess

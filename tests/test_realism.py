@@ -621,6 +621,7 @@ CHURN_NO_SHOCKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "decider"), [(0, DECIDER), (4, DECIDER), (1, "petals")])
 def test_churn_without_shocks_is_unchanged_by_the_shock_machinery(seed, decider):
     base = {"workload.num_requests": 60}

@@ -56,6 +56,7 @@ def test_grid_points_enumerate_every_combination():
     assert grid_points({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
 
 
+@pytest.mark.slow
 def test_bench_follows_the_protocol():
     task = get_task("PaperClustered")
     result = bench(task, test_seeds=[200, 201], train_seeds=[0], validation_seeds=[100])
@@ -87,6 +88,7 @@ def test_bench_follows_the_protocol():
     json.dumps(result)  # JSON-ready (NaN aside, which the CLI writes as null)
 
 
+@pytest.mark.slow
 def test_add_agents_scores_an_agent_file_on_a_stored_result(tmp_path):
     """A result read back from JSON (without the reference's per-seed values) gains an agent: the reference is
     re-run on the same seeds and gives the same values; a file agent is labelled and kind ``agent``."""
@@ -106,6 +108,7 @@ def test_add_agents_scores_an_agent_file_on_a_stored_result(tmp_path):
     assert "mine" in stored["normalised"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", [t.name for t in list_tasks()])
 def test_each_tasks_bound_is_below_every_baseline_on_its_validation_seeds(task):
     t = get_task(task)

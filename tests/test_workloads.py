@@ -837,6 +837,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown trace option", "mismatched lengths"])
 def test_cli_process_exits_2_with_one_error_line(case, tmp_path):
     _, field, _ = BAD[case]
