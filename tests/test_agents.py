@@ -534,7 +534,10 @@ def test_task_agent_configs_build_their_tasks_env(name):
     env = gym.make("PetalAlloc-v0", **kwargs)
     _, info = env.reset(seed=0)
     assert info["decision"] == "ROUTE" and info["action_mask"].any()
-    assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
+    if name == "DiurnalLoad":  # chosen on validation: PPO from scratch beat the warm-started recipe
+        assert params["warm_start"]["decisions"] == 0
+    else:
+        assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
 
 
 @pytest.mark.slow
