@@ -181,20 +181,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
-    table = Table(title=f"{task.id}: {task.metric} on test seeds (bound {result['bound']:.4g})")
-    for col in ("decider", "kind", "mean ± 95 % CI", "failed", "normalised", "tuned args / vs reference"):
-        table.add_column(col)
+    from rich import box
+
+    table = Table(
+        title=f"{task.id}: {task.metric} on test seeds (bound {result['bound']:.4g})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("decider", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("mean ± 95 % CI", justify="right", no_wrap=True)
+    table.add_column("failed", justify="right")
+    table.add_column("norm.", justify="right")
+    table.add_column("args / gain", overflow="fold")
     norm = result.get("normalised", {})
     for label, d in result["deciders"].items():
         n = norm.get(label, float("nan"))
         if "improvement" in d:
             imp = d["improvement"]
-            extra = f"{format_pm(imp['mean'], imp['ci95'], 1, scale=100)} % better"
+            extra = f"{format_pm(imp['mean'], imp['ci95'], 1, scale=100)} %"
         else:
             extra = ", ".join(f"{k}={v}" for k, v in d.get("args", {}).items())
         table.add_row(
             label,
-            d["kind"],
+            {"baseline": "default", "tuned-baseline": "tuned"}.get(d["kind"], d["kind"]),
             format_pm(d["mean"], d["ci95"]),
             f"{d['failed']:.1f}",
             "-" if n != n else f"{n:.3f}",

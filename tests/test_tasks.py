@@ -160,7 +160,7 @@ def test_cli_bench_scores_an_agent_file_beside_the_shipped_one(tmp_path, capsys)
     argv += ["--validation-seeds", "100-100", "--agent", str(agent), "--json", str(out), "--no-progress"]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "better" in table
+    assert "gain" in table and max(len(line) for line in table.splitlines()) <= 80
     result = json.loads(out.read_text())
     labels = {k for k, d in result["deciders"].items() if d["kind"] == "agent"}
     assert labels == {task.agent, f"agent:{agent.stem}"}
