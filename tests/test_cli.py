@@ -27,6 +27,9 @@ def test_scenarios_lists_builtins(capsys):
     out = capsys.readouterr().out
     for name in ("clustered-9", "abovenet", "bellcanada-26", "gtsce", "bellcanada-26-churn"):
         assert name in out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "Topology Zoo" not in out
+    assert main(["scenarios", "--describe"]) == 0
+    assert "Topology Zoo" in capsys.readouterr().out  # the descriptions, on request
 
 
 def test_simulate_prints_summary_and_writes_csv(tmp_path, capsys):
@@ -272,3 +275,4 @@ def test_every_option_has_help_and_shows_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "number of seeds (default: 10)" in text and "first seed (default: 0)" in text
     assert "(default: results/evaluate)" in text
+    assert "only from a trusted source" in text  # --agent: an SB3 zip is unpickled
