@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from petalgym.bench import add_agents, bench
+from petalgym.bench import add_agents, bench, shipped_agents
 from petalgym.evaluation import _nan_to_none, format_pm
 from petalgym.tasks import get_task, list_tasks
 
@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         path = args.output / f"{task.name}.json"
         if args.reuse and path.is_file():
             result = _none_to_nan(json.loads(path.read_text()))
-            if task.agent and task.agent not in result["deciders"]:
-                add_agents(result, task, {task.agent: (task.agent, {})}, workers=args.workers)
+            missing = {k: v for k, v in shipped_agents(task).items() if k not in result["deciders"]}
+            if missing:
+                add_agents(result, task, missing, workers=args.workers)
                 path.write_text(json.dumps(_nan_to_none(result), indent=1))
         else:
             result = bench(task, workers=args.workers, progress=False)

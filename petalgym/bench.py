@@ -37,7 +37,7 @@ from petalgym.evaluation import DeciderSpec, RunSpec, confidence_interval, run_g
 from petalgym.scenario import Scenario
 from petalgym.tasks import Task
 
-__all__ = ["add_agents", "bench", "grid_points"]
+__all__ = ["add_agents", "bench", "grid_points", "shipped_agents"]
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -209,10 +209,15 @@ def bench(
         out["validation"] = {"reference_mean": val, "bound": val_bound, "bound_kind": val_kind}
         out["headroom"] = (val - val_bound) / val if val > 0 else math.nan
     if agents is None:
-        agents = {task.agent: (task.agent, {})} if task.agent else {}
+        agents = shipped_agents(task)
     if agents:
         add_agents(out, task, agents, workers=workers, progress=progress)
     return out
+
+
+def shipped_agents(task: Task) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The task's shipped agent as :func:`add_agents` takes it (label -> (decider, kwargs)); empty if none."""
+    return {task.agent: (task.agent, {})} if task.agent else {}
 
 
 def _normalise(result: dict[str, Any]) -> None:

@@ -153,7 +153,9 @@ def _bench_agents(task: Any, paths: Sequence[str] | None) -> dict[str, tuple[str
     """The agents `petalgym bench` scores: the task's shipped one and every ``--agent`` file."""
     if not paths:
         return None
-    agents = {task.agent: (task.agent, {})} if task.agent else {}
+    from petalgym.bench import shipped_agents
+
+    agents = shipped_agents(task)
     for path in paths:
         if not Path(path).is_file():
             raise UsageError(f"--agent {path}: no such file")
@@ -330,13 +332,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
-def _shipped_agents() -> tuple[str, ...]:
-    """The shipped learned deciders (petalgym/agents/pretrained: numpy exports, no torch needed)."""
-    return ("ppo-routing", "ppo-placement")
-
-
 #: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, the peer algorithms of
-#: peers.md, simple references, and the shipped learned agents when the `rl` extra is installed); those
+#: peers.md, simple references, and the two shipped learned agents: numpy exports, no torch needed); those
 #: that cannot model the scenario are left out with a note.
 DEFAULT_DECIDERS = (
     "petals",
@@ -355,7 +352,8 @@ DEFAULT_DECIDERS = (
     "parallax-dp",
     "random",
     "round-robin",
-    *_shipped_agents(),
+    "ppo-routing",
+    "ppo-placement",
 )
 
 
@@ -622,8 +620,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from petalgym.agents.exported import export_file
 
     out = Path(args.out)
-    if out.suffix != ".npz":
-        raise UsageError(f"OUT {out}: an export is a .npz file")
     if out.exists() and not args.force:
         raise UsageError(f"OUT {out} exists (pass --force to overwrite it)")
     path = export_file(args.model, out)

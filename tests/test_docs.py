@@ -47,12 +47,8 @@ def test_bash_blocks_run(page, tmp_path):
         for line in filter(None, (x.strip() for x in body.splitlines())):
             argv = shlex.split(line)
             if argv[0] == "petalgym":
-                argv = [sys.executable, "-m", "petalgym", *argv[1:]]
-            assert argv[:3] == [sys.executable, "-m", "petalgym"] or argv[:3] == [
-                "python",
-                "-m",
-                "petalgym",
-            ], line
+                argv = ["python", "-m", "petalgym", *argv[1:]]
+            assert argv[:3] == ["python", "-m", "petalgym"], line
             argv[0] = sys.executable
             out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
             assert out.returncode == 0, f"{page.name}: {line}\n{out.stderr[-3000:]}"

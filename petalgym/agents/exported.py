@@ -220,13 +220,19 @@ def export_model(model: Any, path: str | Path, metadata: dict[str, Any]) -> Path
             f"cannot export the action head {type(head).__name__}: MlpPolicy and FactoredMlpPolicy only"
         )
     meta = {**metadata, "network": network}
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ExportError(f"an export is written to a .npz file, not {path.name}")
+    path = _npz_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta, indent=1)
     np.savez_compressed(path, **arrays, **{METADATA_ARRAY: np.frombuffer(text.encode(), dtype=np.uint8)})
     path.with_suffix(".json").write_text(text + "\n")
+    return path
+
+
+def _npz_path(path: str | Path) -> Path:
+    """``path`` as a Path if it names a ``.npz`` file (where exports are written), else ExportError."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ExportError(f"an export is written to a .npz file, not {path.name}")
     return path
 
 
@@ -236,6 +242,7 @@ def export_file(model_path: str | Path, path: str | Path) -> Path:
     from petalgym.agents.policy import _load_model, read_metadata
 
     model_path = Path(model_path)
+    path = _npz_path(path)  # (before anything is unpickled)
     meta = read_metadata(model_path)
     if model_path.suffix == ".npz":
         raise ExportError(f"{model_path.name} is already a numpy export")

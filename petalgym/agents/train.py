@@ -32,8 +32,7 @@ import json
 import platform
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import metadata as importlib_metadata
@@ -754,31 +753,12 @@ def train(
     )
 
 
-class _NoBar:
-    """A progress bar that shows nothing (``progress=False``)."""
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@contextmanager
-def _phases(progress: bool) -> Iterator[Any]:
-    """A rich progress display for the phases before training (or one that shows nothing)."""
-    if not progress:
-        yield _NoBar()
-        return
+def _phases(progress: bool) -> Any:
+    """A rich progress display for the phases before training (it shows nothing unless ``progress``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    ) as bar:
-        yield bar
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, disable=not progress)
 
 
 __all__ = [
