@@ -99,7 +99,9 @@ class FifoProcessors:
         sess = _Session(request, steps, tokens_left)
         self._sessions[request.id] = sess
         sess.jobs_left = steps[0][1] if self.per_block and steps[0][6] else 1
-        self._push(t + delay + self.alpha * steps[0][2], sess, _ARRIVE)
+        # the send is an event of its own: first steps that reach a server at the same (rounded) time
+        # then queue in the order they were sent, as in the specification, not in the order of start()
+        self._push(t + delay, sess, _SEND)
 
     def stop(self, request: Any) -> None:
         """Forget ``request``'s segment (completed or interrupted); a job it already gave a processor
@@ -161,6 +163,10 @@ class FifoProcessors:
                 self._sessions.pop(sess.request.id, None)
                 sess.alive = False
                 return t, sess.request
+            if kind == _SEND:  # the segment's first step leaves the client
+                self._seq += 1
+                push(heap, (t + alpha * sess.steps[0][2], self._seq, sess, _ARRIVE))
+                continue
             jobs += 1
             steps = sess.steps
             h = sess.hop
@@ -213,7 +219,7 @@ class FifoProcessors:
         return None
 
 
-_ARRIVE, _FINISH = 0, 1
+_ARRIVE, _FINISH, _SEND = 0, 1, 2
 _SNAP = 1e-9  # relative: a last token this close to its planned end ends at it (float rounding only)
 
 

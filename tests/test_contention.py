@@ -12,7 +12,7 @@ from collections import deque
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from petalgym.agents import TASK_AGENTS
@@ -137,9 +137,23 @@ def engine_times(sessions: list[dict], alpha: float, per_block: bool, num_server
     return [[r.first_token, f] for r, f in zip(reqs, finish, strict=True)]
 
 
+#: Found by hypothesis in CI: a delay that vanishes in float addition (1.2e-248 s) made session 0's first
+#: step reach the server at the same rounded time as three sent before it; the engine queued it first
+#: (start order), the specification last (send order). Sends are events of their own now.
+_TIE_STEP = (0, 1, 0.125, 0.03125, 0.125, 0.015625, False)
+_ROUNDED_TIE = (
+    [{"start": 0.0, "delay": 1.236246040271238e-248, "steps": [_TIE_STEP], "tokens": 1}]
+    + [{"start": 0.0, "delay": 0.0, "steps": [_TIE_STEP], "tokens": 1} for _ in range(3)],
+    1.0,
+    False,
+    1,
+)
+
+
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(fifo_cases())
+@example(_ROUNDED_TIE)
 def test_engine_matches_the_specification_event_by_event(case):
     sessions, alpha, per_block, num_servers = case
     expected = spec_times(sessions, alpha, per_block, num_servers)
