@@ -7,10 +7,12 @@ overhead after it was sent, waits in the server's queue, is computed (blocks x t
 prefill one job per block, each re-queued at the tail as PETALS' handler does), and returns to the client
 (1 - alpha) x the overhead after it ends; the client then sends the next hop or the next token.
 
-The engine is exact and event-driven. Steps are handled in the order they reach their server (a heap of
-arrival events keyed by (time, sequence)); a FIFO processor that sees its arrivals in time order knows
-each job's start at its arrival (Lindley: start = max(arrival, processor free)), so one event per job
-suffices. With no overlap on any server the times reduce to the paper's T_c(p) (plus its initial delay):
+The engine is exact and event-driven. Steps are handled in the order they reach their server; steps that
+reach servers at the same time are handled in the order their segments started (a heap of arrival events
+keyed by (time, segment rank)), so exact ties, common with zero overheads or dyadic times, resolve the same
+way whatever produced them. A FIFO processor that sees its arrivals in that order knows each job's start
+at its arrival (Lindley: start = max(arrival, processor free)), so one event per job suffices. With
+no overlap on any server the times reduce to the paper's T_c(p) (plus its initial delay):
 :meth:`petalgym.perfmodel.TimeModel.segment_steps` gives the steps, which sum to ``segment_times``.
 
 KV cache, admission and waiting are the simulator's, unchanged; this module only times the steps.
@@ -54,6 +56,7 @@ class _Session:
         "final_at",
         "hop",
         "jobs_left",
+        "rank",
         "received",
         "recv_at",
         "request",
@@ -62,8 +65,9 @@ class _Session:
         "tokens_left",
     )
 
-    def __init__(self, request: Any, steps: list, tokens_left: int):
+    def __init__(self, request: Any, steps: list, tokens_left: int, rank: int):
         self.request = request
+        self.rank = rank  # start order: at equal times, the segment started first goes first
         self.steps = steps
         self.tokens_left = tokens_left  # tokens of this segment not yet received
         self.token = 0  # index (in this segment) of the token in flight
@@ -87,8 +91,8 @@ class FifoProcessors:
         self.alpha = contention.alpha
         self.per_block = contention.prefill == "per_block"
         self.free_at = [0.0] * num_servers  # when each processor has done every job it was given
-        self.heap: list[tuple[float, int, _Session, int]] = []  # (time, seq, session, kind)
-        self._seq = 0
+        self.heap: list[tuple[float, int, _Session, int]] = []  # (time, segment rank, session, kind)
+        self._started = 0  # segments started (the next one's rank)
         self._sessions: dict[int, _Session] = {}
         self.jobs = 0  # jobs processed (for run statistics)
 
@@ -96,12 +100,11 @@ class FifoProcessors:
     def start(self, request: Any, t: float, delay: float, steps: list, tokens_left: int) -> None:
         """``request`` starts a segment at ``t``: its first step is sent at ``t + delay``."""
         self.stop(request)
-        sess = _Session(request, steps, tokens_left)
+        sess = _Session(request, steps, tokens_left, self._started)
+        self._started += 1
         self._sessions[request.id] = sess
         sess.jobs_left = steps[0][1] if self.per_block and steps[0][6] else 1
-        # the send is an event of its own: first steps that reach a server at the same (rounded) time
-        # then queue in the order they were sent, as in the specification, not in the order of start()
-        self._push(t + delay, sess, _SEND)
+        heapq.heappush(self.heap, (t + delay + self.alpha * steps[0][2], sess.rank, sess, _ARRIVE))
 
     def stop(self, request: Any) -> None:
         """Forget ``request``'s segment (completed or interrupted); a job it already gave a processor
@@ -136,10 +139,6 @@ class FifoProcessors:
         self.free_at[server] = t
 
     # events ----------------------------------------------------------------------------------------
-    def _push(self, t: float, sess: _Session, kind: int) -> None:
-        self._seq += 1
-        heapq.heappush(self.heap, (t, self._seq, sess, kind))
-
     @property
     def next_time(self) -> float:
         """Time of the next step event (inf if none)."""
@@ -163,10 +162,6 @@ class FifoProcessors:
                 self._sessions.pop(sess.request.id, None)
                 sess.alive = False
                 return t, sess.request
-            if kind == _SEND:  # the segment's first step leaves the client
-                self._seq += 1
-                push(heap, (t + alpha * sess.steps[0][2], self._seq, sess, _ARRIVE))
-                continue
             jobs += 1
             steps = sess.steps
             h = sess.hop
@@ -181,8 +176,7 @@ class FifoProcessors:
             free[server] = done
             if first and per_block and sess.jobs_left > 1:  # the next block joins the tail when this ends
                 sess.jobs_left -= 1
-                self._seq += 1
-                push(heap, (done, self._seq, sess, _ARRIVE))
+                push(heap, (done, sess.rank, sess, _ARRIVE))
                 continue
             recv = done + beta * o
             h += 1
@@ -193,8 +187,7 @@ class FifoProcessors:
                     nxt = recv + alpha * steps[h][2]
                 else:
                     nxt = recv + alpha * steps[h][4]
-                self._seq += 1
-                push(heap, (nxt, self._seq, sess, _ARRIVE))
+                push(heap, (nxt, sess.rank, sess, _ARRIVE))
                 continue
             # the client receives the token
             sess.tokens_left -= 1
@@ -207,19 +200,18 @@ class FifoProcessors:
             sess.recv_at = recv
             if req.first_token != req.first_token:  # nan: the request's first token
                 req.first_token = recv
-            self._seq += 1
             if sess.tokens_left == 0:
                 sess.final_at = recv
-                push(heap, (recv, self._seq, sess, _FINISH))
+                push(heap, (recv, sess.rank, sess, _FINISH))
                 continue
             sess.token += 1
             sess.hop = 0
-            push(heap, (recv + alpha * steps[0][4], self._seq, sess, _ARRIVE))
+            push(heap, (recv + alpha * steps[0][4], sess.rank, sess, _ARRIVE))
         self.jobs += jobs
         return None
 
 
-_ARRIVE, _FINISH, _SEND = 0, 1, 2
+_ARRIVE, _FINISH = 0, 1
 _SNAP = 1e-9  # relative: a last token this close to its planned end ends at it (float rounding only)
 
 
