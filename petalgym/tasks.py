@@ -25,6 +25,7 @@ DEFAULT_GRID: dict[str, dict[str, list[Any]]] = {
     "gbp-cr-jffc": {"target_load": [0.5, 0.7, 0.9]},
     "parallax": {"max_requests": [8, 16, 32]},
     "shortest": {"cache_share": [0.3, 0.5, 0.7]},
+    "replicas-first": {"replica_sessions": [1, 2, 4], "busy_load": [1.0, None]},
 }
 #: Environment options of every task (feature set v1, the dense holding-cost reward, candidates by
 #: several rules, gap-aligned placement starts); a task may add to them (e.g. REBALANCE control).
@@ -36,7 +37,15 @@ DEFAULT_ENV_OPTIONS: dict[str, Any] = {
 }
 
 #: Baselines every task compares (``random`` is the 0 of the normalised score).
-DEFAULT_BASELINES = ("petals", "petals-opt-rr", "cg-bp-ws-rr", "gbp-cr-jffc", "parallax", "shortest")
+DEFAULT_BASELINES = (
+    "petals",
+    "petals-opt-rr",
+    "cg-bp-ws-rr",
+    "gbp-cr-jffc",
+    "parallax",
+    "shortest",
+    "replicas-first",
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ BASELINES: dict[str, str] = {
     "helix": "petalgym.baselines.helix:HelixDecider",
     "parallax": "petalgym.baselines.parallax:ParallaxDecider",
     "parallax-dp": "petalgym.baselines.parallax:parallax_dp",
+    "replicas-first": "petalgym.baselines.replicas_first:ReplicasFirstDecider",
 }
 
 for _name, _target in BASELINES.items():
