@@ -35,6 +35,7 @@ __all__ = [
     "GreedyStep",
     "arrival_rate",
     "cg_bp_placement",
+    "client_shares",
     "design_num_sessions",
     "design_terms",
     "offline_instance",
@@ -212,6 +213,14 @@ def cg_bp_placement(
 def workload_lengths(scenario: Scenario) -> tuple[int, int]:
     """(l_in, l_out): the workload's mean lengths, rounded half up (of the trace, if it is a trace)."""
     return scenario.workload.mean_lengths()
+
+
+def client_shares(scenario: Scenario) -> np.ndarray:
+    """Each client's share of the requests: its weight over the clients' total (equal shares if that is
+    0), shape (C,)."""
+    weights = np.array([c.weight for c in scenario.clients], dtype=float)
+    total = weights.sum()
+    return weights / total if total > 0 else np.full(len(weights), 1 / len(weights))
 
 
 def arrival_rate(scenario: Scenario) -> float:

@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from petalgym.deciders import Decider, Enqueue, Route
+from petalgym.design import client_shares
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Chain, Hop, Placement
 from petalgym.scenario import Scenario, ServerSpec, max_blocks_on
@@ -799,9 +800,7 @@ class ParallaxDecider(Decider):
         self._tau_ms = np.array([1e3 * s.profile.tau_s for s in sc.servers])
         t_token = np.asarray(sc.network.rtt_s, dtype=float) + sc.overheads.token_overhead_s
         self._t_ms = 1e3 * t_token  # (C, S) per-token hop cost t_cj, ms
-        weights = np.array([c.weight for c in sc.clients], dtype=float)
-        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
-        self._t_mean_ms = weights @ self._t_ms
+        self._t_mean_ms = client_shares(sc) @ self._t_ms
         notes: list[str] = []
         self._hub = self.edge_cost == "hub"
         self._rtt_ms: np.ndarray | None = None

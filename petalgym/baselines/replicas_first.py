@@ -40,13 +40,18 @@ import numpy as np
 
 from petalgym.baselines.parallax import MAX_CONCURRENT_REQUESTS, ParallaxDecider
 from petalgym.deciders import Decider, Enqueue, Route
-from petalgym.design import arrival_rate
+from petalgym.design import arrival_rate, client_shares
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Hop, Placement, TimeModel
 from petalgym.scenario import Scenario, max_blocks_on
 from petalgym.swarm import Request, ServerStatus, SwarmView
 
 __all__ = ["ReplicasFirstDecider"]
+
+
+def _replica_servers(scenario: Scenario) -> list[int]:
+    """The servers that can host all L blocks with cache for one session."""
+    return [s.id for s in scenario.servers if max_blocks_on(scenario, s) >= scenario.num_blocks]
 
 
 def _positive(name: str, label: str, value: object) -> float:
@@ -102,7 +107,7 @@ class ReplicasFirstDecider(Decider):
     def check_scenario(self, scenario: Scenario) -> None:
         """Raise :class:`DeciderError` if no server can hold the whole model (the decider would be
         Parallax alone); the benchmark then leaves it out of the task, with this reason."""
-        if not any(max_blocks_on(scenario, s) >= scenario.num_blocks for s in scenario.servers):
+        if not _replica_servers(scenario):
             raise DeciderError(f"{self.name}: no server of {scenario.name} can hold the whole model")
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
@@ -113,7 +118,7 @@ class ReplicasFirstDecider(Decider):
         self.rebalance_period_s = self.check_period_s if follows else self.parallax.rebalance_period_s
         L = scenario.num_blocks
         self._L = L
-        self.replicas = [s.id for s in scenario.servers if max_blocks_on(scenario, s) >= L]
+        self.replicas = _replica_servers(scenario)
         self._is_replica = set(self.replicas)
         self.note = self.parallax.note
         if not self.replicas:
@@ -132,8 +137,7 @@ class ReplicasFirstDecider(Decider):
             return 0.0
         tm = scenario.memo("TimeModel", lambda: TimeModel(scenario))
         l_in, l_out = scenario.workload.mean_lengths()
-        weights = np.array([c.weight for c in scenario.clients], dtype=float)
-        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
+        weights = client_shares(scenario)
         times = [
             sum(w * tm.request_time((Hop(j, 0, self._L),), c, l_in, l_out) for c, w in enumerate(weights))
             for j in self.replicas
@@ -145,8 +149,6 @@ class ReplicasFirstDecider(Decider):
         """Replica load at ``now`` (the workload's mean rate before one window has passed)."""
         if not self.replicas:
             return math.inf
-        if self.busy_load is None:
-            return 0.0
         if now is None or now < self.rate_window_s:
             rate = self._mean_rate
         else:
@@ -156,10 +158,10 @@ class ReplicasFirstDecider(Decider):
         return rate * self._replica_time / len(self.replicas)
 
     def _update_regime(self, now: float) -> None:
-        load = self._load(now)
-        quiet = self.quiet
         if self.busy_load is None:
             return
+        load = self._load(now)
+        quiet = self.quiet
         if quiet and load > self.busy_load:
             quiet = False
         elif not quiet and load < 0.5 * self.busy_load:
@@ -210,7 +212,7 @@ class ReplicasFirstDecider(Decider):
             if start + duration < first_start:
                 first, first_start = chain, start + duration
         if best is not None:
-            self.parallax.route_ended(view, request)  # (it holds nothing from an earlier answer)
+            self.parallax.route_ended(view, request)  # release what Parallax charged an earlier answer
             return Route(best, wait=True)
         answer = self.parallax.route(view, request)
         if answer is None and first is not None:
