@@ -82,8 +82,10 @@ def _run_task(scenario: Any, spec: RunSpec) -> dict[str, Any]:
 
 
 def _remote(ray: Any, num_cpus: float) -> Any:
-    """The Ray remote function of :func:`_run_task` asking for ``num_cpus`` per task."""
-    return ray.remote(num_cpus=num_cpus, max_retries=0)(_run_task)
+    """The Ray remote function of :func:`_run_task` asking for ``num_cpus`` per task. A run whose worker
+    process dies (a system failure) is run again, up to twice: runs are seeded, so the retry gives the
+    same row; an error the run raises is not retried and reaches the caller."""
+    return ray.remote(num_cpus=num_cpus, max_retries=2)(_run_task)
 
 
 def run_grid_ray(
