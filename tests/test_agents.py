@@ -31,6 +31,7 @@ from petalgym.agents.exported import read_export_metadata
 from petalgym.agents.policy import PRETRAINED, AgentDecider, AgentLoadError, pretrained_path
 from petalgym.agents.train import train
 from petalgym.agents.wrappers import PetalMonitor, SimSeedPool
+from petalgym.bench import grid_points
 from petalgym.cli import DEFAULT_DECIDERS, main
 from petalgym.evaluation import DeciderSpec, evaluate
 
@@ -517,8 +518,9 @@ def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm", "DiurnalLoad"])
 def test_task_agent_configs_build_their_tasks_env(name):
-    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, Parallax built in (the
-    DiurnalLoad agent routes only: placement and REBALANCE ticks stay Parallax's)."""
+    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, with the task's reference
+    baseline (replicas-first) built in at a point of the task's grid (the DiurnalLoad agent routes only:
+    placement and REBALANCE ticks stay the built-in decider's)."""
     from petalgym.agents.config import config_dir, load_hyperparams
     from petalgym.tasks import get_task
 
@@ -530,14 +532,15 @@ def test_task_agent_configs_build_their_tasks_env(name):
     for key, value in task.env_options.items():
         if key != "rebalance_period_s":  # agent REBALANCE control needs placement control
             assert kwargs[key] == value, key
-    assert kwargs["decider"] == "parallax"
+    assert kwargs["decider"] == "replicas-first" and "replicas-first" in task.baselines
+    assert kwargs["decider_kwargs"] in grid_points(task.grid["replicas-first"])
     env = gym.make("PetalAlloc-v0", **kwargs)
     _, info = env.reset(seed=0)
     assert info["decision"] == "ROUTE" and info["action_mask"].any()
-    if name == "DiurnalLoad":  # chosen on validation: PPO from scratch beat the warm-started recipe
+    if name == "DiurnalLoad":  # PPO from scratch (it learns to take the built-in decider's chain)
         assert params["warm_start"]["decisions"] == 0
-    else:
-        assert params["warm_start"]["experts"] == ["candidate:least-loaded"]
+    else:  # the warm start clones the built-in decider
+        assert params["warm_start"]["experts"] == ["builtin"]
 
 
 @pytest.mark.slow
