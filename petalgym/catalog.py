@@ -4,7 +4,7 @@
   (docs/realism.md section 2), :func:`model_fields` the scenario fields of the model under a
   quantisation (``nf4``, ``int8``, ``fp16``: PETALS' ``get_block_size``, params x bits / 8 x 1.01).
 * GPUs: memory, peak bandwidth and FP16 throughput; PETALS' own measurements where they exist (BLOOM-176B
-  in NF4 on the A100-80GB and its MIG 1g.10gb slice, paper-notes section 2).
+  in NF4 on the A100-80GB and its MIG 1g.10gb slice, docs/model.md).
 * :func:`estimate_timing`: tau and prefill tau for any (GPU, model, quantisation) pair without a
   measurement, by a rule calibrated on the two measured GPUs (docs/realism.md section 3.2). Its
   constants are computed from the measurements here, never typed in; every estimate is labelled as

@@ -20,15 +20,19 @@ errors = Console(stderr=True)  # error lines go to standard error
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Help lines end with the option's default (unless it is None or False, or the line names it)."""
+    """Help lines end with the option's default unless the line names it: ``none`` for an optional value
+    left unset (None), nothing for a switch (False) or a required option."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        hidden = default is None or default is False or default is argparse.SUPPRESS  # (0 is shown)
-        if action.option_strings and not hidden and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
+        if not action.option_strings or "default" in text or action.required:
+            return text
+        if default is None and action.nargs != 0:
+            return text + " (default: none)"
+        if default is None or default is False or default is argparse.SUPPRESS:  # (0 is shown)
+            return text
+        return text + " (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,14 +125,13 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     from petalgym.tasks import list_tasks
 
-    table = Table(title="petalgym-bench tasks (gym.make(id) or petalgym.tasks.make_task(name))")
-    for col in ("id", "scenario", "control", "seeds train / val / test"):
-        table.add_column(col, overflow="fold")
+    title = 'petalgym-bench tasks: gym.make("petalgym/<task>-v<v>") or petalgym.make_task("<task>")'
+    table = Table(title=title)
+    for col in ("task", "v", "scenario", "control", "seeds train/val/test"):
+        table.add_column(col, no_wrap=True)
     for t in list_tasks():
-        seeds = " / ".join(
-            f"{r.start}-{r.stop - 1}" for r in (t.train_seeds, t.validation_seeds, t.test_seeds)
-        )
-        table.add_row(t.id, t.scenario, t.control, seeds)
+        seeds = "/".join(f"{r.start}-{r.stop - 1}" for r in (t.train_seeds, t.validation_seeds, t.test_seeds))
+        table.add_row(t.name, str(t.version), t.scenario, t.control, seeds)
     console.print(table)
     for t in list_tasks():
         console.print(f"{t.name}: {t.description}", highlight=False)
@@ -332,9 +335,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------------
-#: The deciders `petalgym evaluate` runs by default (paper-notes sections 4-6, the peer algorithms of
-#: peers.md, simple references, and the two shipped learned agents: numpy exports, no torch needed); those
-#: that cannot model the scenario are left out with a note.
+#: The deciders `petalgym evaluate` runs by default (the paper's algorithms and PETALS, docs/deciders.md,
+#: the peer algorithms, simple references, and the two shipped learned agents: numpy exports, no torch
+#: needed); those that cannot model the scenario are left out with a note.
 DEFAULT_DECIDERS = (
     "petals",
     "petals-opt-order",
@@ -444,9 +447,18 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from petalgym.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, parse_overrides(args.set))
-    instance, sol = solve_offline(
-        scenario, args.requests, args.method, solver=args.solver, time_limit_s=args.time_limit, seed=args.seed
-    )
+    limit = f", {args.solver}, time limit {args.time_limit:g} s" if args.method == "milp" else ""
+    doing = f"solving: {args.method} for {args.requests} request(s) on {scenario.name}{limit}"
+    console.print(doing + " ...", highlight=False)
+    with console.status(doing):  # a spinner on a terminal while the solver runs
+        instance, sol = solve_offline(
+            scenario,
+            args.requests,
+            args.method,
+            solver=args.solver,
+            time_limit_s=args.time_limit,
+            seed=args.seed,
+        )
     head = Table(
         title=f"{scenario.name}: offline BPRR with {instance.num_requests} request(s), method {sol.method}"
     )
@@ -509,9 +521,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     grid = rp.paper_grid(seeds, ablations=args.ablations, draws=not args.no_draws, **common)
     cells = rp.paper_cells(grid)
     rows = rp.comparison_rows(grid)
-    wide = Console(width=max(console.width, 170))
-    wide.print(rp.paper_cell_table(cells, args.seeds))
-    wide.print(rp.comparison_table(rows, args.seeds))
+    terminal = Console(width=max(console.width, 170)) if args.wide else console
+    terminal.print(rp.paper_cell_table(cells, args.seeds, args.wide))
+    terminal.print(rp.comparison_table(rows, args.seeds, args.wide))
     out.mkdir(parents=True, exist_ok=True)
     payload = {"cells": [dataclasses.asdict(c) for c in cells], "grid": rows}
     paths = [
@@ -523,7 +535,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not args.no_successor:
         successor = rp.successor_grid(seeds, **common)
         srows = rp.successor_rows(successor)
-        wide.print(rp.successor_table(srows, args.seeds))
+        terminal.print(rp.successor_table(srows, args.seeds, args.wide))
         payload["successor"] = srows
         paths += [
             successor.to_csv(out / "successor.csv"),
@@ -742,9 +754,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=_SEED, default=1, help="processes for the local backend (0: all cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="where runs execute")
-    p.add_argument("--address", help="Ray cluster address (backend ray)")
+    p.add_argument("--address", help="Ray cluster address (backend ray); default: a local Ray")
     p.add_argument("--output", default="results/reproduce", help="directory for tables and plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--wide", action="store_true", help="every column in the terminal (markdown has all)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
@@ -774,9 +787,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,...",
         help="train on scenario variants, one drawn per episode (e.g. workload.arrival_rate=1,2,4)",
     )
-    p.add_argument("--eval-freq", type=_SEED, help="validation every N timesteps (0: never)")
-    p.add_argument("--eval-episodes", type=_POSITIVE, help="validation episodes (held-out simulator seeds)")
-    p.add_argument("--checkpoint-freq", type=_SEED, help="checkpoint every N timesteps (0: never)")
+    p.add_argument(
+        "--eval-freq", type=_SEED, help="validation every N timesteps (0: never; default: the config's)"
+    )
+    p.add_argument(
+        "--eval-episodes",
+        type=_POSITIVE,
+        help="validation episodes, held-out simulator seeds (default: the config's)",
+    )
+    p.add_argument(
+        "--checkpoint-freq", type=_SEED, help="checkpoint every N timesteps (0: never; default: the config's)"
+    )
     p.add_argument(
         "--export",
         metavar="PATH",

@@ -1,4 +1,4 @@
-"""CG-BP's conservative greedy placement and the design rule for its |R| (paper-notes sections 4-5).
+"""CG-BP's conservative greedy placement and the design rule for its |R| (docs/model.md, docs/deciders.md).
 
 Both belong to the core because more than one layer needs them: the CG deciders place with CG-BP, and the
 environments size their placement levels and normalise their observations with the design |R|.
@@ -116,7 +116,7 @@ def cg_bp_placement(
     """CG-BPRR steps 1-2 for |R| = ``num_sessions`` (default: the instance's number of requests).
 
     Step 1: m_j = min(floor(M_j / (s_m + s_c |R|)), L, GPU cap); t~_j = tau_j + max_c t_cj / m_j;
-    f_j = floor((M_j - s_m m_j) / (s_c m_j)). Step 2 (paper-notes section 4): a dummy server with
+    f_j = floor((M_j - s_m m_j) / (s_c m_j)). Step 2 of CG-BP: a dummy server with
     t~_0 = max_j t~_j + 1 first serves every block: C_b = 0, T_b = |R| t~_0. Servers are visited in
     increasing t~_j (ties: lower index). While some block has C_b < |R|, a server takes the window
     maximising sum_b T_b among windows holding an under-served block (window sums exactly rounded, ties:
@@ -273,8 +273,8 @@ def design_terms(scenario: Scenario) -> dict[str, float]:
 
 
 def design_num_sessions(scenario: Scenario) -> int:
-    """CG-BP's design |R| = max(1, min(round(lambda T_1 + sqrt(lambda T_1)), R_max)) (paper-notes
-    section 5: mean + one standard deviation of the number in system). With a trace, lambda is its mean
+    """CG-BP's design |R| = max(1, min(round(lambda T_1 + sqrt(lambda T_1)), R_max))
+    (mean + one standard deviation of the number in system). With a trace, lambda is its mean
     rate (all at once: its number of requests). Computed once per scenario object."""
     d = scenario.memo("cg.design_terms", lambda: design_terms(scenario))
     return max(1, min(int(d["rule"]), int(d["R_max"])))

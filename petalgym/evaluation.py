@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +29,9 @@ from petalgym.deciders import Decider, make_decider
 from petalgym.errors import PetalgymError, UsageError
 from petalgym.scenario import Scenario, load_scenario
 from petalgym.simulator import simulate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Metrics aggregated by default: name -> (column title, unit).
 DEFAULT_METRICS: dict[str, tuple[str, str]] = {
@@ -336,9 +339,18 @@ class Evaluation:
         return path
 
     def plot(self, path: str | Path, metric: str = "per_token_s", title: str = "") -> Path:
-        """Save a bar chart of ``metric``: mean with its 95 % CI (error bar and printed value) per decider,
-        one distinct colour per decider; one setting gives horizontal bars labelled by decider, several
-        give groups of bars per setting with a legend. At most :data:`MAX_FIGURE_PX` pixels wide."""
+        """Save :meth:`chart` of ``metric`` to ``path`` (PNG at :data:`PLOT_DPI`); returns the path."""
+        fig = self.chart(metric, title)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=PLOT_DPI)
+        return path
+
+    def chart(self, metric: str = "per_token_s", title: str = "") -> Figure:
+        """A bar chart of ``metric``: mean with its 95 % CI (error bar and printed "mean ± CI") per
+        decider, one distinct colour per decider; one setting gives horizontal bars labelled by decider,
+        several give groups of bars per setting with a legend (values printed while there are at most 60
+        bars). At most :data:`MAX_FIGURE_PX` pixels wide and high."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -392,8 +404,8 @@ class Evaluation:
                 if n <= 60:  # values on the bars while they stay legible
                     for x, m, e in zip(xs, means, errs, strict=True):
                         if m == m:
-                            ax.text(x, m + (e if e == e else 0.0), f"{m:.3g}", ha="center", va="bottom",
-                                    rotation=90, fontsize=6)  # fmt: skip
+                            ax.text(x, m + (e if e == e else 0.0), format_pm(m, e), ha="center",
+                                    va="bottom", rotation=90, fontsize=6)  # fmt: skip
             ax.set_ylabel(axis_label)
             ax.set_xticks(np.arange(len(settings)), settings, rotation=20, ha="right", fontsize="small")
             ax.margins(y=0.15)
@@ -402,10 +414,7 @@ class Evaluation:
             if title:
                 ax.set_title(title, fontsize="medium")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=PLOT_DPI)
-        return path
+        return fig
 
 
 #: Resolution (dots per inch) and largest width or height (pixels) of the saved charts.

@@ -1,4 +1,4 @@
-"""The offline problem BPRR (paper-notes section 3): place blocks and route a known set of requests.
+"""The offline problem BPRR (docs/model.md): place blocks and route a known set of requests.
 
 Given servers, clients and |R| requests (``requests[c]`` from client c, all with the same l_in, l_out),
 choose (a_j, m_j) for every server and one feasible chain per request minimising

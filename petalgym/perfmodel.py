@@ -1,4 +1,4 @@
-"""The paper's performance model (paper-notes sections 1-5): memory, slots, block counts, times, chains.
+"""The paper's performance model (docs/model.md): memory, slots, block counts, times, chains.
 
 Blocks are numbered 0..L-1 here (the paper uses 1..L). A server hosting blocks ``[start, end)`` can serve a
 hop that enters at block position ``b`` with ``start <= b < end``; it then processes ``end - b`` blocks and

@@ -1,4 +1,4 @@
-"""Reproduce the paper's experiments (paper-notes section 7) with petalgym's simulator, twice over.
+"""Reproduce the paper's experiments (docs/reproducing.md) with petalgym's simulator, twice over.
 
 Per setting of the paper's grid (clustered with the client in cluster 0, 1 or 2; scattered on AboveNet,
 BellCanada and GTS-CE; BellCanada with 26 servers; lambda in {0.1, 0.5}, l_out in {64, 128}) this runs
@@ -412,12 +412,16 @@ def _grid_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def _rich(title: str, columns: Sequence[str], rows: list[list[str]]) -> Table:
+def _rich(
+    title: str, columns: Sequence[str], rows: list[list[str]], keep: Sequence[str] | None = None
+) -> Table:
+    """A rich table of ``rows``; only the ``keep`` columns (all if None), values never wrapped."""
+    shown = [i for i, col in enumerate(columns) if keep is None or col in keep]
     table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+    for i in shown:
+        table.add_column(columns[i], justify="left" if i == 0 else "right", no_wrap=i > 0)
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(r[i] for i in shown))
     return table
 
 
@@ -427,10 +431,17 @@ def _markdown(columns: Sequence[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paper_cell_table(cells: list[PaperCell], seeds: int) -> Table:
-    """A rich table of :func:`paper_cells`."""
+#: The columns of the compact (80-character) terminal tables; the markdown files have every column.
+PAPER_CELL_COMPACT = ("paper cell", "paper", "replay", "petalgym defaults")
+GRID_COMPACT = ("setting", "λ", "l_out", "replay reduction", "reduction")
+SUCCESSOR_COMPACT = ("method", "ours: response (s)", "vs PETALS (paper / ours)")
+
+
+def paper_cell_table(cells: list[PaperCell], seeds: int, wide: bool = False) -> Table:
+    """A rich table of :func:`paper_cells`: every column if ``wide``, else :data:`PAPER_CELL_COMPACT`."""
     title = f"The paper's numbers beside petalgym's (mean ± 95 % CI over {seeds} seeds)"
-    return _rich(title, PAPER_CELL_COLUMNS, [_paper_cell_cells(c) for c in cells])
+    keep = None if wide else PAPER_CELL_COMPACT
+    return _rich(title, PAPER_CELL_COLUMNS, [_paper_cell_cells(c) for c in cells], keep)
 
 
 def paper_cell_markdown(cells: list[PaperCell]) -> str:
@@ -438,10 +449,12 @@ def paper_cell_markdown(cells: list[PaperCell]) -> str:
     return _markdown(PAPER_CELL_COLUMNS, [_paper_cell_cells(c) for c in cells])
 
 
-def comparison_table(rows: list[dict[str, Any]], seeds: int) -> Table:
-    """A rich table of :func:`comparison_rows`."""
-    title = f"Per-token time (s), replay of the authors' simulator and petalgym's defaults ({seeds} seeds)"
-    return _rich(title, GRID_COLUMNS, [_grid_cells(r) for r in rows])
+def comparison_table(rows: list[dict[str, Any]], seeds: int, wide: bool = False) -> Table:
+    """A rich table of :func:`comparison_rows`: every column if ``wide``, else :data:`GRID_COMPACT`
+    (the reductions of CG-BP + WS-RR over PETALS)."""
+    what = "Per-token time (s)" if wide else "CG-BP + WS-RR's reduction of PETALS' per-token time"
+    title = f"{what}, replay of the authors' simulator and petalgym's defaults ({seeds} seeds)"
+    return _rich(title, GRID_COLUMNS, [_grid_cells(r) for r in rows], None if wide else GRID_COMPACT)
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
@@ -682,13 +695,14 @@ def _successor_cells(row: dict[str, Any]) -> list[str]:
     return cells
 
 
-def successor_table(rows: list[dict[str, Any]], seeds: int) -> Table:
-    """A rich table of :func:`successor_rows`."""
+def successor_table(rows: list[dict[str, Any]], seeds: int, wide: bool = False) -> Table:
+    """A rich table of :func:`successor_rows`: every column if ``wide``, else :data:`SUCCESSOR_COMPACT`."""
     title = (
         f"The successor's testbed ({SUCCESSOR_SCENARIO}): its Table I beside petalgym "
         f"(mean ± 95 % CI over {seeds} seeds)"
     )
-    return _rich(title, SUCCESSOR_COLUMNS, [_successor_cells(r) for r in rows])
+    keep = None if wide else SUCCESSOR_COMPACT
+    return _rich(title, SUCCESSOR_COLUMNS, [_successor_cells(r) for r in rows], keep)
 
 
 def successor_markdown(rows: list[dict[str, Any]]) -> str:

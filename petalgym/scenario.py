@@ -204,7 +204,7 @@ class Churn:
 
 @dataclass(frozen=True)
 class Overheads:
-    """Constants of the performance model (paper-notes section 2), in seconds."""
+    """Constants of the performance model (docs/model.md), in seconds."""
 
     token_overhead_s: float = 0.100
     prefill_overhead_s: float = 0.067
@@ -214,7 +214,7 @@ class Overheads:
 
 @dataclass(frozen=True)
 class PetalsConstants:
-    """PETALS' own defaults (paper-notes section 6), used by the PETALS baseline."""
+    """PETALS' own defaults (docs/deciders.md), used by the PETALS baseline."""
 
     attn_cache_tokens: int = 4096
     autograd_gib: float = 2.0

@@ -1,6 +1,6 @@
 """Internet topologies (Topology Zoo via REPETITA ``.graph`` files) and round-trip times over them.
 
-The raw round-trip time between two nodes is 2 x the shortest-path one-way delay (paper-notes section 7).
+The raw round-trip time between two nodes is 2 x the shortest-path one-way delay (docs/model.md).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 
 import numpy as np
@@ -148,6 +149,21 @@ def test_reproduce_small_grid_beside_the_paper():
     header, rule, body = rp.comparison_markdown([row]).splitlines()
     assert header.count("|") == rule.count("|") == body.count("|") == len(rp.GRID_COLUMNS) + 1
     assert body.startswith(f"| {setting.label} | 0.1 | 128 | 1 |")
+    # the terminal tables: compact ones fit 80 columns with every value on one line; --wide has all
+    from rich.console import Console
+
+    for table, wide_table, compact in (
+        (rp.paper_cell_table(cells, 2), rp.paper_cell_table(cells, 2, wide=True), rp.PAPER_CELL_COMPACT),
+        (rp.comparison_table([row], 2), rp.comparison_table([row], 2, wide=True), rp.GRID_COMPACT),
+    ):
+        terminal = Console(width=80, record=True, file=io.StringIO())
+        terminal.print(table)
+        text = terminal.export_text()
+        assert max(map(len, text.splitlines())) <= 80
+        assert [c.header for c in table.columns] == list(compact)
+        values = [cell for column in table.columns[1:] for cell in column._cells]
+        assert values and all(any(v in line for line in text.splitlines()) for v in values), text
+        assert len(wide_table.columns) > len(table.columns)
 
 
 def test_the_script_arrival_draws_are_matlab_s():
@@ -192,6 +208,7 @@ def test_solve_milp_proves_the_paper_case_optimal(capfd):
     assert main(["solve", "--method", "milp", "--requests", "3"]) == 0
     out = capfd.readouterr().out  # file-descriptor level: HiGHS prints from C++
     assert "optimal" in out and "Running HiGHS" not in out  # the solver banner is silenced
+    assert "solving: milp for 3 request(s) on clustered-9, highs, time limit 60 s ..." in out  # said first
     assert main(["solve", "--method", "milp", "--solver", "cbc", "--requests", "3"]) == 0
     assert "optimal" in capfd.readouterr().out
 
@@ -268,9 +285,13 @@ def test_every_option_has_help_and_shows_its_default(capsys):
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, command in sub.choices.items():
+        formatter = command._get_formatter()
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, (name, action.option_strings)
+                shown = formatter._expand_help(action)
+                if action.nargs != 0 and not action.required:  # an option with a value states its default
+                    assert "default" in shown, (name, action.option_strings, shown)
     assert main(["evaluate", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "number of seeds (default: 10)" in text and "first seed (default: 0)" in text

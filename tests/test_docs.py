@@ -1,9 +1,9 @@
 """The documentation site: it builds with ``mkdocs build --strict``, and every code block in it runs.
 
-``python`` blocks of a page run in order in one fresh interpreter (in a temporary directory, so files they
-write land there); every line of a ``bash`` block is a ``petalgym`` or ``python -m petalgym`` command and
-exits with status 0; ``shell`` blocks are the README's two setup commands (CI runs those on a fresh
-clone), nothing else."""
+``python`` blocks of a page run in order in one fresh interpreter, from the root of a copy of the
+repository (where a new user pastes them; files they write land in the copy); every line of a ``bash``
+block is a ``petalgym`` or ``python -m petalgym`` command and exits with status 0; ``shell`` blocks
+are the README's two setup commands (CI runs those on a fresh clone), nothing else."""
 
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ def test_every_block_has_a_language_the_tests_run():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
-def test_python_blocks_run(page, tmp_path):
+def test_python_blocks_run(page, checkout):
     code = "\n\n".join(blocks(page, "python"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkout)
     assert out.returncode == 0, f"{page.name}:\n{out.stderr[-3000:]}"
     assert out.stdout.strip(), f"{page.name}: its examples print what they compute"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "bash")], ids=lambda p: p.name)
-def test_bash_blocks_run(page, tmp_path):
+def test_bash_blocks_run(page, checkout):
     for body in blocks(page, "bash"):
         for line in filter(None, (x.strip() for x in body.splitlines())):
             argv = shlex.split(line)
@@ -50,7 +50,7 @@ def test_bash_blocks_run(page, tmp_path):
                 argv = ["python", "-m", "petalgym", *argv[1:]]
             assert argv[:3] == ["python", "-m", "petalgym"], line
             argv[0] = sys.executable
-            out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+            out = subprocess.run(argv, capture_output=True, text=True, cwd=checkout)
             assert out.returncode == 0, f"{page.name}: {line}\n{out.stderr[-3000:]}"
 
 
@@ -75,3 +75,13 @@ def test_the_site_builds_strictly(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "index.html").is_file()
     assert "AgentDecider" in (tmp_path / "site" / "reference" / "index.html").read_text()
+
+
+def test_user_facing_text_points_to_nothing_a_user_does_not_have():
+    """README, the docs pages and the package's docstrings and data cite the docs, never the development
+    notes (paper-notes, ../shared), issue numbers or commits."""
+    banned = re.compile(r"paper-notes|\.\./shared|\bissue \d+|git history|notes section", re.I)
+    files = [ROOT / "README.md", *PAGES, *sorted((ROOT / "petalgym").rglob("*.py"))]
+    files += sorted((ROOT / "petalgym").rglob("*.yaml"))
+    found = [f"{f.relative_to(ROOT)}: {m.group(0)}" for f in files for m in banned.finditer(f.read_text())]
+    assert not found, found

@@ -10,7 +10,15 @@ import pytest
 from scipy import stats
 
 from petalgym.errors import PetalgymError
-from petalgym.evaluation import DeciderSpec, Evaluation, RunSpec, confidence_interval, evaluate, run_one
+from petalgym.evaluation import (
+    DeciderSpec,
+    Evaluation,
+    RunSpec,
+    confidence_interval,
+    evaluate,
+    format_pm,
+    run_one,
+)
 
 
 def test_confidence_interval_matches_student_t():
@@ -97,6 +105,14 @@ def test_charts_give_every_decider_its_colour_and_stay_readable(tmp_path):
     one = evaluate("clustered-9", ["shortest", "petals"], range(2), settings=small, progress=False)
     image = mpimg.imread(one.plot(tmp_path / "one.png"))
     assert image.shape[1] <= MAX_FIGURE_PX and image.shape[0] < image.shape[1] * 2
+    # every bar carries its value with its CI, in both layouts
+    two = evaluate("clustered-9", ["shortest", "petals"], range(2), settings=dict(list(many.items())[:2]),
+                   progress=False)  # fmt: skip
+    for ev_ in (one, two):
+        (ax,) = ev_.chart().axes
+        labels = sorted(t.get_text() for t in ax.texts)
+        expected = sorted(format_pm(a["per_token_s"], a["per_token_s_ci95"]) for a in ev_.aggregate())
+        assert labels == expected and all(" ± " in x for x in labels)
 
 
 def test_bad_override_fails_before_simulating():

@@ -50,16 +50,29 @@ def test_ci_runs_the_readme_test_command_verbatim():
     _, tests = _commands()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci
+    assert any(line.strip().startswith("mkdocs build --strict") for line in ci)  # the docs build in CI
 
 
-def test_quick_tour_runs(tmp_path, monkeypatch, capsys):
+def test_the_docs_say_an_sb3_zip_must_come_from_a_trusted_source():
+    """Loading an SB3 zip unpickles it: the training and tasks pages say so where they load one."""
+    for page in ("training.md", "tasks.md"):
+        assert "trust" in (ROOT / "docs" / page).read_text(), page
+
+
+@pytest.mark.parametrize("where", ["anywhere", "root"])
+def test_quick_tour_runs(where, tmp_path, checkout):
+    """The README's Python, pasted into a fresh interpreter in any folder and at a checkout's root."""
+    import subprocess
+    import sys
+
     text = (ROOT / "README.md").read_text().split("## Quick tour (Python)", 1)[1].split("\n## ", 1)[0]
     (block,) = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    cwd = tmp_path if where == "anywhere" else checkout
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = dict(line.split() for line in out.stdout.splitlines())
     assert float(printed["cg-bp-ws-rr"]) < float(printed["petals"])
-    assert (tmp_path / "requests.csv").read_text().count("\n") > 10
+    assert (cwd / "requests.csv").read_text().count("\n") > 10
 
 
 @pytest.mark.slow

@@ -135,7 +135,12 @@ def test_cli_lists_tasks_and_rejects_bad_bench_arguments(tmp_path, capsys):
     from petalgym.cli import main
 
     assert main(["tasks"]) == 0
-    assert "ZoneShocks: Llama-3.1-405B" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ZoneShocks: Llama-3.1-405B" in out
+    assert max(len(line) for line in out.splitlines()) <= 80  # the table fits 80 columns, unbroken:
+    for t in list_tasks():  # each task's row holds its name, version, scenario and seeds on one line
+        seeds = f"{t.train_seeds.start}-{t.train_seeds.stop - 1}/"
+        assert any(f" {t.name} " in x and t.scenario in x and seeds in x for x in out.splitlines()), t.name
     assert main(["bench", "--task", "Nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown task 'Nope'") and err.count("\n") == 1

@@ -1,4 +1,4 @@
-"""The paper's ablations of PETALS (paper-notes section 6): each swaps one PETALS component for the
+"""The paper's ablations of PETALS (docs/reproducing.md): each swaps one PETALS component for the
 proposed method's, so that the gain of each component can be measured on its own.
 
 * ``petals-opt-order``: PETALS' block choice, but servers join in CG-BP's order (increasing amortised

@@ -1,4 +1,4 @@
-"""The paper's conservative greedy: CG-BPRR (offline) and CG-BP + WS-RR (online), paper-notes sections 4-5.
+"""The paper's conservative greedy: CG-BPRR (offline) and CG-BP + WS-RR (online) (docs/deciders.md).
 
 Blocks are 0-based here (the paper numbers them 1..L). Sizes are bytes, times seconds.
 

@@ -1,4 +1,4 @@
-"""Exact MILP for offline BPRR (paper-notes section 3), the routing-only ILP, and the "milp" decider.
+"""Exact MILP for offline BPRR (docs/model.md), the routing-only ILP, and the "milp" decider.
 
 Formulation (position-indexed, NOT the authors' McCormick form). Positions 0..L are the block boundaries.
 

@@ -1,6 +1,6 @@
 """PETALS as a decider: fixed KV budget, choose_best_blocks, rebalancing, min-latency routing, back-off.
 
-Each rule restates the code of bigscience-workshop/petals (paper-notes section 6):
+Each rule restates the code of bigscience-workshop/petals (docs/deciders.md):
 
 * block count (server/server.py ``_choose_num_blocks``): m_j = min(floor((M_j - autograd) / (s_m +
   cache_per_block)), L), capped by the GPU; the attention cache budget is FIXED at m_j x cache_per_block
@@ -840,7 +840,7 @@ class _ServingThroughputs:
 # The decider
 # --------------------------------------------------------------------------------------------------
 class PetalsDecider(Decider):
-    """PETALS (the paper's baseline; paper-notes section 6) as a decider; see the module docstring.
+    """PETALS (the paper's baseline) as a decider; see the module docstring.
 
     Args:
         rebalance: run PETALS' balance check (also needs ``scenario.petals.rebalance``).
