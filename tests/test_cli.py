@@ -161,7 +161,7 @@ def test_reproduce_small_grid_beside_the_paper():
         text = terminal.export_text()
         assert max(map(len, text.splitlines())) <= 80
         assert [c.header for c in table.columns] == list(compact)
-        values = [cell for column in table.columns[1:] for cell in column._cells]
+        values = [cell for column in table.columns[1:] for cell in column.cells]
         assert values and all(any(v in line for line in text.splitlines()) for v in values), text
         assert len(wide_table.columns) > len(table.columns)
 
