@@ -22,14 +22,16 @@ Mechanics (see the README's "Simulator" section):
 * with churn, each server alternates lifetime / downtime; a failure interrupts its sessions at once, a
   departure stops new sessions and interrupts what is left after ``drain_timeout_s``. Every departure at
   one instant is applied before any decision at that instant is asked. An interrupted session keeps its
-  upstream hops: their servers keep holding its cache while it is re-routed from the lost hop's first
-  block and while it waits for a reservation (a kept hop's cache outranks later reservations: those that
-  would overflow are cancelled and re-planned). It replays a prefill over the l_in + generated tokens on
-  the new hops (the interrupted token is redone: its step on the kept hops, then the replay). While a
-  recovery backs off or finds no chain its kept cache is held for a time not known yet (nobody can plan
-  to use it; a request that can only wait for it backs off); a kept hop is given up only when its own
-  server leaves, drains or moves. The back-off of a new wait starts again at 1 s; a request with no
-  chain for ``no_chain_timeout_s`` fails;
+  upstream hops once they hold its whole cache (a new hop only after the segment's first token: a session
+  interrupted during its first prefill starts afresh, initial delay included, and a recovery interrupted
+  during its replay keeps only the hops it had kept): their servers keep holding its cache while it is
+  re-routed from the lost hop's first block and while it waits for a reservation (a kept hop's cache
+  outranks later reservations: those that would overflow are cancelled and re-planned). It replays a
+  prefill over the l_in + generated tokens on the new hops (the interrupted token is redone: its step on
+  the kept hops, then the replay). While a recovery backs off or finds no chain its kept cache is held for
+  a time not known yet (nobody can plan to use it; a request that can only wait for it backs off); a kept
+  hop is given up only when its own server leaves, drains or moves. The back-off of a new wait starts again
+  at 1 s; a request with no chain for ``no_chain_timeout_s`` fails;
 * a rejoining (or rebalancing) server reloads its blocks at ``load_s_per_gb``.
 
 Interrupted requests are re-routed before requests whose reservations were cancelled by the same event.
@@ -1237,10 +1239,13 @@ class Simulator:
         chain = req.chain
         servers = self.servers
         i = next(k for k, h in enumerate(chain) if h.server == server)
-        cut = next((k for k in range(i) if servers[chain[k].server].status != _ONLINE), i)
+        # a new hop holds the session's cache only once the segment's first step (its prefill) has
+        # produced a token; before that only the hops kept into this segment are still complete
+        limit = i if g > req.tokens_done else min(i, len(chain) - len(req.new_hops))
+        cut = next((k for k in range(limit) if servers[chain[k].server].status != _ONLINE), limit)
         for h in chain[cut:]:
             self._drop(req.id, servers[h.server])
-        if cut < i:
+        if cut < limit:
             self.kept_released["server draining"] = self.kept_released.get("server draining", 0) + 1
         req.kept = chain[:cut]
         req.route_from = chain[cut].start

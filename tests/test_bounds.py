@@ -8,14 +8,14 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from strategies import RandomFeasibleDecider, small_scenarios
 
 from petalgym.bounds import alone_bound, best_chain_time, wspt_mean_busy_times
 from petalgym.deciders import make_decider
 from petalgym.errors import SolverError
-from petalgym.scenario import load_scenario
+from petalgym.scenario import load_scenario, scenario_from_dict
 from petalgym.simulator import Simulator, simulate
 
 
@@ -89,8 +89,37 @@ def test_the_bound_is_below_every_decider_on_validation_seeds(name, overrides):
     assert compared >= 8  # most deciders complete every request here
 
 
+_PROFILE = {"memory_gb": 1.002, "tau_ms": 1.0, "prefill_tau_ms": {"per_token": 0.0, "base": 1.0}}
+# a server fails inside a request's initial delay, before its prefill reached the downstream hop: the
+# request must start afresh (initial delay again), not resume on the upstream hop with nothing spent
+_FAILS_IN_INITIAL_DELAY = {
+    "name": "random-small",
+    "model": {"name": "tiny", "num_blocks": 2, "block_gb": 1.0, "d_model": 200000},
+    "gpu_profiles": {"g0": _PROFILE, "g1": _PROFILE},
+    "servers": [{"profile": "g0"}] * 5,
+    "clients": [{"name": "c0", "weight": 1.0}, {"name": "c1", "weight": 1.0}],
+    "network": {"kind": "matrix", "rtt_ms": [[0.0] * 5, [0.0] * 5]},
+    "workload": {
+        "arrival_rate": 1.0,
+        "num_requests": 3,
+        "l_in": {"dist": "uniform", "low": 1, "high": 1},
+        "l_out": {"dist": "uniform", "low": 1, "high": 1},
+    },
+    "churn": {
+        "enabled": True,
+        "lifetime_s": {"dist": "exponential", "mean": 5.0},
+        "downtime_s": {"dist": "exponential", "mean": 1.0},
+        "failure_fraction": 0.0,
+        "drain_timeout_s": 0.0,
+        "no_chain_timeout_s": 1.0,
+        "load_s_per_gb": 0.0,
+    },
+}
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sc=small_scenarios(), seed=st.integers(0, 2**31 - 1))
+@example(sc=scenario_from_dict(_FAILS_IN_INITIAL_DELAY, source="hypothesis"), seed=0)
 def test_no_request_beats_its_own_bound(sc, seed):
     sim = Simulator(sc, seed)
     sim.run(RandomFeasibleDecider())
