@@ -11,6 +11,7 @@ BASELINES: dict[str, str] = {
     "petals": "petalgym.baselines.petals:PetalsDecider",
     "cg-bprr": "petalgym.baselines.cg:CGBPRRDecider",
     "cg-bp-ws-rr": "petalgym.baselines.cg:CGBPWSRRDecider",
+    "cg-bp-ws-rr-follow": "petalgym.baselines.cg:CGFollowDecider",
     "milp": "petalgym.baselines.milp:MILPDecider",
     "random": "petalgym.baselines.simple:RandomDecider",
     "random-actions": "petalgym.envs.adapter:RandomActionsDecider",

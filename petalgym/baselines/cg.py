@@ -9,7 +9,9 @@ Blocks are 0-based here (the paper numbers them 1..L). Sizes are bytes, times se
 * :func:`theorem2_bound_for` -- Theorem 2's bound on CG-BPRR's average per-token time;
 * :func:`design_num_sessions` -- the online design rule |R| = min(round(lambda T_1 + sqrt(lambda T_1)),
   R_max);
-* :class:`CGBPRRDecider` (``"cg-bprr"``) and :class:`CGBPWSRRDecider` (``"cg-bp-ws-rr"``).
+* :class:`CGBPRRDecider` (``"cg-bprr"``) and :class:`CGBPWSRRDecider` (``"cg-bp-ws-rr"``);
+* :class:`CGFollowDecider` (``"cg-bp-ws-rr-follow"``): two CG-BP designs, servers moving between them
+  as the arrival rate crosses a threshold.
 
 Servers with m_j = 0 (they cannot hold one block plus the cache of |R| sessions) get no window in CG-BP.
 Because an :class:`~petalgym.offline.OfflineSolution` and the simulator both need >= 1 block per server,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 import numpy as np
 
@@ -28,6 +31,7 @@ from petalgym.deciders import Decider, Route
 from petalgym.design import (
     CGBPResult,
     GreedyStep,
+    arrival_rate,
     cg_bp_placement,
     design_num_sessions,
     design_terms,
@@ -44,12 +48,13 @@ from petalgym.perfmodel import (
     theorem2_bound,
 )
 from petalgym.scenario import Scenario
-from petalgym.swarm import Request, SwarmView
+from petalgym.swarm import Request, ServerStatus, SwarmView
 
 __all__ = [
     "CGBPRRDecider",
     "CGBPResult",
     "CGBPWSRRDecider",
+    "CGFollowDecider",
     "GreedyStep",
     "cg_bp_placement",
     "cg_bprr",
@@ -324,3 +329,135 @@ class CGBPWSRRDecider(_CGDecider):
             spans, fixed, per_block, view.num_blocks, start, wait=lambda j, k: wait_for(j, k * kv)
         )
         return Route(ws_chain if math.isfinite(cost) else chain, wait=True)
+
+
+class CGFollowDecider(CGBPWSRRDecider):
+    """CG-BP + WS-RR with two CG-BP designs, one for the trough and one for the peak, between which the
+    servers move as the measured arrival rate crosses ``busy_rate`` (a placement that follows the load).
+
+    The low design (|R| = ``low_sessions``, long windows, short chains) serves a light load fastest; the
+    high design (|R| = ``high_sessions``, short windows, cache for more sessions) keeps a heavy load
+    from waiting. The regime turns high when the arrival rate over the last ``rate_window_s`` exceeds
+    ``busy_rate`` and low again when it falls below ``calm_fraction`` of it; at each rebalance offer (every
+    ``check_period_s`` on average per server) an ONLINE server whose window is not the regime's moves
+    to it (reloading its blocks; its sessions are interrupted and recover) when no other server is
+    loading and the other ONLINE servers cover every block. Routing is WS-RR over the servers either
+    design uses.
+
+    Args:
+        low_sessions: CG-BP's |R| for the trough design.
+        high_sessions: CG-BP's |R| for the peak design (> ``low_sessions``).
+        busy_rate: arrivals/s above which the peak design is wanted.
+        calm_fraction: the trough design is wanted again below ``calm_fraction`` x ``busy_rate``
+            arrivals/s (in (0, 1]: the gap avoids moving back and forth).
+        rate_window_s: seconds over which arrivals are counted.
+        check_period_s: mean seconds between a server's rebalance offers.
+    """
+
+    name = "cg-bp-ws-rr-follow"
+    pure_route = False
+
+    def __init__(
+        self,
+        low_sessions: int = 32,
+        high_sessions: int = 192,
+        busy_rate: float = 4.0,
+        calm_fraction: float = 0.5,
+        rate_window_s: float = 300.0,
+        check_period_s: float = 120.0,
+    ):
+        super().__init__(num_sessions=high_sessions)
+        if (
+            isinstance(low_sessions, bool)
+            or not isinstance(low_sessions, (int, np.integer))
+            or low_sessions < 1
+        ):
+            raise DeciderError(f"{self.name}: low_sessions must be an integer >= 1, got {low_sessions!r}")
+        if high_sessions <= low_sessions:
+            raise DeciderError(
+                f"{self.name}: high_sessions must exceed low_sessions, got "
+                f"{high_sessions!r} <= {low_sessions!r}"
+            )
+        for label, value in (
+            ("busy_rate", busy_rate),
+            ("rate_window_s", rate_window_s),
+            ("check_period_s", check_period_s),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise DeciderError(f"{self.name}: {label} must be a number > 0, got {value!r}")
+        if (
+            isinstance(calm_fraction, bool)
+            or not isinstance(calm_fraction, (int, float))
+            or not (0 < calm_fraction <= 1)
+        ):
+            raise DeciderError(f"{self.name}: calm_fraction must be in (0, 1], got {calm_fraction!r}")
+        self.calm_fraction = float(calm_fraction)
+        self.low_sessions = int(low_sessions)
+        self.high_sessions = int(high_sessions)
+        self.busy_rate = float(busy_rate)
+        self.rate_window_s = float(rate_window_s)
+        self.check_period_s = float(check_period_s)
+        self.rebalance_period_s = self.check_period_s
+        self.moves = 0  # servers moved in this episode
+
+    def reset(self, scenario: Scenario, rng: np.random.Generator) -> None:
+        """Both designs (the peak's first, which WS-RR's parent set-up keeps), the initial regime from the
+        scenario's mean arrival rate, the arrival counter."""
+        super().reset(scenario, rng)
+        high, high_used = self._placements, self._used
+        self._setup(self.low_sessions)
+        self._designs = {False: self._placements, True: high}
+        self._used = self._used | high_used
+        self.busy = arrival_rate(scenario) > self.busy_rate
+        self._placements = self._designs[self.busy]
+        self._arrivals: deque[float] = deque()
+        self._seen: set[int] = set()
+        self.moves = 0
+
+    def _rate(self, now: float) -> float:
+        """Arrivals/s over the last ``rate_window_s`` (over the time so far at the start)."""
+        window = self.rate_window_s
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] < now - window:
+            arrivals.popleft()
+        return len(arrivals) / max(min(window, now), 1e-9)
+
+    def route(self, view: SwarmView, request: Request) -> Route | None:
+        """WS-RR; a request's arrival is counted the first time it is routed."""
+        if request.id not in self._seen:
+            self._seen.add(request.id)
+            self._arrivals.append(request.arrival)
+        return super().route(view, request)
+
+    def rebalance(self, view: SwarmView, server: int) -> Placement | None:
+        """The regime's window for ``server`` if it is not there, nothing else loads and the rest covers
+        the model; else None."""
+        rate = self._rate(view.now)
+        if rate > self.busy_rate:
+            self.busy = True
+        elif rate < self.calm_fraction * self.busy_rate:
+            self.busy = False
+        self._placements = self._designs[self.busy]
+        target = self._placements[server]
+        s = view.servers[server]
+        if s.status != ServerStatus.ONLINE or (s.start, s.end) == (target.start, target.end):
+            return None
+        if any(o.status == ServerStatus.LOADING for o in view.servers):
+            return None
+        covered = np.zeros(view.num_blocks + 1, dtype=np.int64)
+        for j, a, e in view.spans():
+            if j != server:
+                covered[a] += 1
+                covered[e] -= 1
+        if (np.cumsum(covered)[: view.num_blocks] == 0).any():
+            return None
+        self.moves += 1
+        return target
+
+    def describe(self) -> str:
+        calm = self.calm_fraction * self.busy_rate
+        return (
+            f"cg-bp-ws-rr-follow (|R| {self.low_sessions} / {self.high_sessions}, busy above "
+            f"{self.busy_rate:g}/s, calm below {calm:g}/s, window {self.rate_window_s:g} s, "
+            f"check {self.check_period_s:g} s)"
+        )
