@@ -8,8 +8,13 @@ cache of this request, and its GPU's cap), sum k_j = L, costing D0 + sum_j (fixe
 with petalgym's hop costs (:meth:`~petalgym.perfmodel.TimeModel.hop_costs`: prefill, decode and the
 client's RTTs). Hub-and-spoke timing does not depend on the order of the hops, so the minimum is a
 knapsack over servers, solved exactly by dynamic programming over the number of blocks covered.
-Waiting, contention, churn and recoveries only add time, so the mean over an episode's requests of this
-time (over l_out: per-token) bounds the mean of every decider that completes them all.
+Waiting, contention and churn only add time, and so do recoveries but for one exception: under the
+paper's overheads a recovery's replay prefill over fewer than about 47 tokens (67 ms + 0.7 ms per token)
+costs less than the 100 ms decode step it replaces, so a request with a short prompt interrupted in its
+first tokens can beat this time by up to that saving per recovery (ChurnScattered's 20-token prompts; a
+few dozen requests per episode of the trace-driven churn tasks have prompts that short). Otherwise the
+mean over an episode's requests of this time (over l_out: per-token) bounds the mean of every decider
+that completes them all.
 
 **Memory capacity** (bench-design.md, bound 2). A running session holds exactly L s_c bytes of attention
 cache over its chain (every block is processed once), from its admission to its last token, so at least
