@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
@@ -154,6 +155,47 @@ def check_allocation_delay(name: str, value: Any) -> float:
     return float(value)
 
 
+def positive_number(owner: str, label: str, value: Any) -> float:
+    """``value`` as a finite number > 0; DeciderError naming ``owner``'s argument ``label`` if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise DeciderError(f"{owner}: {label} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def whole_number(owner: str, label: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an integer >= ``minimum``; DeciderError naming ``owner``'s argument ``label`` if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DeciderError(f"{owner}: {label} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class ArrivalWindow:
+    """The arrivals of the last ``window_s`` seconds, as a decider sees them: each request counts once,
+    at its arrival time, the first time the decider is asked to route it.
+
+    Args:
+        window_s: seconds over which arrivals are counted.
+    """
+
+    def __init__(self, window_s: float):
+        self.window_s = float(window_s)
+        self._arrivals: deque[float] = deque()
+        self._seen: set[int] = set()
+
+    def note(self, request: Request) -> None:
+        """Count ``request``'s arrival unless it was counted before."""
+        if request.id not in self._seen:
+            self._seen.add(request.id)
+            self._arrivals.append(request.arrival)
+
+    def count(self, now: float) -> int:
+        """Arrivals counted in [``now`` - ``window_s``, ``now``] (``now`` in s)."""
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] < now - self.window_s:
+            arrivals.popleft()
+        return len(arrivals)
+
+
 def decider_arguments(name: str) -> dict[str, Any]:
     """The keyword arguments the decider ``name`` accepts, with their defaults (``inspect.Parameter.empty``
     for a required one)."""
@@ -268,6 +310,7 @@ class ShortestChainDecider(Decider):
 register_decider("shortest", ShortestChainDecider)
 
 __all__ = [
+    "ArrivalWindow",
     "Chain",
     "Decider",
     "Enqueue",
@@ -278,5 +321,7 @@ __all__ = [
     "decider_arguments",
     "decider_names",
     "make_decider",
+    "positive_number",
     "register_decider",
+    "whole_number",
 ]

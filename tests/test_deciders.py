@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 
 from petalgym.baselines import BASELINES
-from petalgym.deciders import ShortestChainDecider, decider_names, make_decider
+from petalgym.deciders import (
+    ArrivalWindow,
+    ShortestChainDecider,
+    decider_names,
+    make_decider,
+    positive_number,
+    whole_number,
+)
 from petalgym.errors import DeciderError
 from petalgym.scenario import load_scenario
 from petalgym.simulator import simulate
-from petalgym.swarm import RequestStatus
+from petalgym.swarm import Request, RequestStatus
 
 NAMES = [*sorted(BASELINES), "shortest"]
 #: Deciders that model only some worlds run on one they can plan (jffc-only needs servers that hold the
@@ -60,3 +67,27 @@ def test_under_churn_every_request_ends_with_a_reason(name):
 def test_shortest_rejects_bad_parameter():
     with pytest.raises(DeciderError, match="cache_share"):
         ShortestChainDecider(cache_share=1.5)
+
+
+def test_arrival_window_counts_each_request_once_and_forgets_old_arrivals():
+    window = ArrivalWindow(10.0)
+    first, second = Request(0, 0, 1.0, 8, 8, 1), Request(1, 0, 5.0, 8, 8, 1)
+    for request in (first, first, second, first):  # a request routed again (a recovery) counts once
+        window.note(request)
+    assert window.count(6.0) == 2
+    assert window.count(11.0) == 2  # 1.0 is still inside [1.0, 11.0]
+    assert window.count(11.5) == 1
+    assert window.count(16.0) == 0
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "2"])
+def test_positive_number_names_the_argument(value):
+    with pytest.raises(DeciderError, match=r"^d: rate must be a number > 0"):
+        positive_number("d", "rate", value)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True, "3"])
+def test_whole_number_names_the_argument(value):
+    with pytest.raises(DeciderError, match=r"^d: sessions must be an integer >= 1"):
+        whole_number("d", "sessions", value)
+    assert whole_number("d", "sessions", 3) == 3

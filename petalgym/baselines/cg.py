@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 
 import numpy as np
 
-from petalgym.deciders import Decider, Route
+from petalgym.deciders import ArrivalWindow, Decider, Route, positive_number, whole_number
 from petalgym.design import (
     CGBPResult,
     GreedyStep,
@@ -367,24 +366,12 @@ class CGFollowDecider(CGBPWSRRDecider):
         check_period_s: float = 120.0,
     ):
         super().__init__(num_sessions=high_sessions)
-        if (
-            isinstance(low_sessions, bool)
-            or not isinstance(low_sessions, (int, np.integer))
-            or low_sessions < 1
-        ):
-            raise DeciderError(f"{self.name}: low_sessions must be an integer >= 1, got {low_sessions!r}")
+        low_sessions = whole_number(self.name, "low_sessions", low_sessions)
         if high_sessions <= low_sessions:
             raise DeciderError(
                 f"{self.name}: high_sessions must exceed low_sessions, got "
                 f"{high_sessions!r} <= {low_sessions!r}"
             )
-        for label, value in (
-            ("busy_rate", busy_rate),
-            ("rate_window_s", rate_window_s),
-            ("check_period_s", check_period_s),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise DeciderError(f"{self.name}: {label} must be a number > 0, got {value!r}")
         if (
             isinstance(calm_fraction, bool)
             or not isinstance(calm_fraction, (int, float))
@@ -394,9 +381,9 @@ class CGFollowDecider(CGBPWSRRDecider):
         self.calm_fraction = float(calm_fraction)
         self.low_sessions = int(low_sessions)
         self.high_sessions = int(high_sessions)
-        self.busy_rate = float(busy_rate)
-        self.rate_window_s = float(rate_window_s)
-        self.check_period_s = float(check_period_s)
+        self.busy_rate = positive_number(self.name, "busy_rate", busy_rate)
+        self.rate_window_s = positive_number(self.name, "rate_window_s", rate_window_s)
+        self.check_period_s = positive_number(self.name, "check_period_s", check_period_s)
         self.rebalance_period_s = self.check_period_s
         self.moves = 0  # servers moved in this episode
 
@@ -410,23 +397,16 @@ class CGFollowDecider(CGBPWSRRDecider):
         self._used = self._used | high_used
         self.busy = arrival_rate(scenario) > self.busy_rate
         self._placements = self._designs[self.busy]
-        self._arrivals: deque[float] = deque()
-        self._seen: set[int] = set()
+        self._window = ArrivalWindow(self.rate_window_s)
         self.moves = 0
 
     def _rate(self, now: float) -> float:
         """Arrivals/s over the last ``rate_window_s`` (over the time so far at the start)."""
-        window = self.rate_window_s
-        arrivals = self._arrivals
-        while arrivals and arrivals[0] < now - window:
-            arrivals.popleft()
-        return len(arrivals) / max(min(window, now), 1e-9)
+        return self._window.count(now) / max(min(self.rate_window_s, now), 1e-9)
 
     def route(self, view: SwarmView, request: Request) -> Route | None:
         """WS-RR; a request's arrival is counted the first time it is routed."""
-        if request.id not in self._seen:
-            self._seen.add(request.id)
-            self._arrivals.append(request.arrival)
+        self._window.note(request)
         return super().route(view, request)
 
     def rebalance(self, view: SwarmView, server: int) -> Placement | None:
@@ -444,12 +424,8 @@ class CGFollowDecider(CGBPWSRRDecider):
             return None
         if any(o.status == ServerStatus.LOADING for o in view.servers):
             return None
-        covered = np.zeros(view.num_blocks + 1, dtype=np.int64)
-        for j, a, e in view.spans():
-            if j != server:
-                covered[a] += 1
-                covered[e] -= 1
-        if (np.cumsum(covered)[: view.num_blocks] == 0).any():
+        coverage = view.coverage()  # ONLINE servers per block, this one included
+        if any(count <= (s.start <= block < s.end) for block, count in enumerate(coverage)):
             return None
         self.moves += 1
         return target

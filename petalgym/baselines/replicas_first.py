@@ -33,13 +33,12 @@ servers are replicas the pipelines through them stay unused (the other servers o
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Literal
 
 import numpy as np
 
 from petalgym.baselines.parallax import MAX_CONCURRENT_REQUESTS, ParallaxDecider
-from petalgym.deciders import Decider, Enqueue, Route
+from petalgym.deciders import ArrivalWindow, Decider, Enqueue, Route, positive_number, whole_number
 from petalgym.design import arrival_rate, client_shares
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Hop, Placement, TimeModel
@@ -52,12 +51,6 @@ __all__ = ["ReplicasFirstDecider"]
 def _replica_servers(scenario: Scenario) -> list[int]:
     """The servers that can host all L blocks with cache for one session."""
     return [s.id for s in scenario.servers if max_blocks_on(scenario, s) >= scenario.num_blocks]
-
-
-def _positive(name: str, label: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise DeciderError(f"{name}: {label} must be a number > 0, got {value!r}")
-    return float(value)
 
 
 class ReplicasFirstDecider(Decider):
@@ -90,14 +83,11 @@ class ReplicasFirstDecider(Decider):
         name: str = "replicas-first",
     ):
         if busy_load is not None:
-            busy_load = _positive(name, "busy_load", busy_load)
+            busy_load = positive_number(name, "busy_load", busy_load)
         self.busy_load = busy_load
-        self.rate_window_s = _positive(name, "rate_window_s", rate_window_s)
-        self.check_period_s = _positive(name, "check_period_s", check_period_s)
-        sessions = replica_sessions
-        if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
-            raise DeciderError(f"{name}: replica_sessions must be an integer >= 1, got {replica_sessions!r}")
-        self.replica_sessions = replica_sessions
+        self.rate_window_s = positive_number(name, "rate_window_s", rate_window_s)
+        self.check_period_s = positive_number(name, "check_period_s", check_period_s)
+        self.replica_sessions = whole_number(name, "replica_sessions", replica_sessions)
         self.name = name
         self.parallax = ParallaxDecider(max_requests=max_requests, router=router, name=name)
         self.rebalance_period_s = None
@@ -123,8 +113,7 @@ class ReplicasFirstDecider(Decider):
         self.note = self.parallax.note
         if not self.replicas:
             self.note = "; ".join(filter(None, [self.note, "no server holds the whole model: Parallax only"]))
-        self._arrivals: deque[float] = deque()
-        self._seen: set[int] = set()
+        self._window = ArrivalWindow(self.rate_window_s)
         self.switches = 0
         self._mean_rate = arrival_rate(scenario)
         self._replica_time = self._mean_replica_time(scenario)
@@ -152,9 +141,7 @@ class ReplicasFirstDecider(Decider):
         if now is None or now < self.rate_window_s:
             rate = self._mean_rate
         else:
-            while self._arrivals and self._arrivals[0] < now - self.rate_window_s:
-                self._arrivals.popleft()
-            rate = len(self._arrivals) / self.rate_window_s
+            rate = self._window.count(now) / self.rate_window_s
         return rate * self._replica_time / len(self.replicas)
 
     def _update_regime(self, now: float) -> None:
@@ -196,9 +183,7 @@ class ReplicasFirstDecider(Decider):
 
     def route(self, view: SwarmView, request: Request) -> Route | Enqueue | None:
         """A free replica, else Parallax's route, else the replica the request can start on first."""
-        if request.id not in self._seen:
-            self._seen.add(request.id)
-            self._arrivals.append(request.arrival)
+        self._window.note(request)
         kept = {h.server for h in request.kept}
         best, best_time, first, first_start = None, math.inf, None, math.inf
         for j in self.replicas:
