@@ -1,20 +1,22 @@
 """Lower bounds on a scenario's metrics that hold for every decider (bench-design.md: a task's headroom
 is measured against them).
 
-**Alone on the best chain.** Whatever the placement and routing, a request takes at least the time it
-would take alone on the fastest chain any placement could offer it: a set of distinct servers, each
-hosting k_j >= 1 of the L blocks it processes (at most as many as its memory holds beside one session's
-cache of this request, and its GPU's cap), sum k_j = L, costing D0 + sum_j (fixed_j + per_block_j k_j)
-with petalgym's hop costs (:meth:`~petalgym.perfmodel.TimeModel.hop_costs`: prefill, decode and the
-client's RTTs). Hub-and-spoke timing does not depend on the order of the hops, so the minimum is a
-knapsack over servers, solved exactly by dynamic programming over the number of blocks covered.
-Waiting, contention and churn only add time, and so do recoveries but for one exception: under the
-paper's overheads a recovery's replay prefill over fewer than about 47 tokens (67 ms + 0.7 ms per token)
-costs less than the 100 ms decode step it replaces, so a request with a short prompt interrupted in its
-first tokens can beat this time by up to that saving per recovery (ChurnScattered's 20-token prompts; a
-few dozen requests per episode of the trace-driven churn tasks have prompts that short). Otherwise the
-mean over an episode's requests of this time (over l_out: per-token) bounds the mean of every decider
-that completes them all.
+**Alone on the best chains.** Whatever the placement and routing, a request's first token takes at least
+the initial delay D0 plus the prefill of its prompt over the fastest chain any placement could offer it,
+and each later token at least one decode step over the fastest chain for decoding: a chain is a set of
+distinct servers, each hosting k_j >= 1 of the L blocks it processes (at most as many as its memory holds
+beside one session's cache of this request, and its GPU's cap), sum k_j = L, costing sum_j (fixed_j +
+per_block_j k_j) with petalgym's hop costs (:meth:`~petalgym.perfmodel.TimeModel.hop_costs` for the
+prefill, :meth:`~petalgym.perfmodel.TimeModel.token_costs` for a decode step, the client's RTTs
+included). Hub-and-spoke timing does not depend on the order of the hops, so each minimum is a knapsack
+over servers, solved exactly by dynamic programming over the number of blocks covered. Waiting,
+contention, churn and interrupted steps only add time: a session interrupted before its first token
+starts afresh, and a recovery's replay step never costs less than the decode step whose token it
+produces (:meth:`~petalgym.perfmodel.TimeModel.replay_step`). The two chains are separate because a
+recovered request may finish on another chain than it started on; where the fastest prefill chain also
+decodes fastest (every v0 task but ZoneShocks) the bound is the time alone on one chain. The mean over an
+episode's requests of this time (over l_out: per-token) bounds the mean of every decider that completes
+them all.
 
 **Memory capacity** (bench-design.md, bound 2). A running session holds exactly L s_c bytes of attention
 cache over its chain (every block is processed once), from its admission to its last token, so at least
@@ -86,7 +88,7 @@ def best_chain_time(
 
 @dataclass(frozen=True)
 class AloneBound:
-    """Per request of one episode: ``time_s`` the alone-on-the-best-chain lower bound of its completion
+    """Per request of one episode: ``time_s`` the alone-on-the-best-chains lower bound of its completion
     time (s), ``l_in``, ``l_out``, ``arrival_s``; the episode's bounds on the mean ``per_token_s`` and mean
     ``response_s`` over the requests that count (arrivals after the warm-up)."""
 
@@ -114,9 +116,9 @@ class AloneBound:
 
 
 def alone_bound(scenario: Scenario, seed: int) -> AloneBound:
-    """The alone-on-the-best-chain bound for the requests of ``scenario``'s episode ``seed`` (the same
-    arrivals the simulator draws for that seed). Deciders' allocation delays are not counted (they only
-    add time)."""
+    """The alone-on-the-best-chains bound (module docstring) for the requests of ``scenario``'s episode
+    ``seed`` (the same arrivals the simulator draws for that seed). Deciders' allocation delays are not
+    counted (they only add time)."""
     from petalgym.simulator import Simulator  # (the episode's arrivals, drawn as the simulator does)
 
     arrivals = Simulator(scenario, seed).arrivals()
@@ -127,9 +129,10 @@ def alone_bound(scenario: Scenario, seed: int) -> AloneBound:
     for i, (_, l_in, l_out, client) in enumerate(arrivals):
         key = (client, l_in, l_out)
         if key not in memo:
-            fixed, per_block = tm.hop_costs(client, l_in, l_out)
             caps = [max_blocks_on(scenario, s, l_in + l_out) for s in scenario.servers]
-            memo[key] = tm.initial_delay + best_chain_time(fixed, per_block, caps, L)
+            prefill = best_chain_time(*tm.hop_costs(client, l_in, 1), caps, L)
+            step = best_chain_time(*tm.token_costs(client), caps, L) if l_out > 1 else 0.0
+            memo[key] = tm.initial_delay + prefill + (l_out - 1) * step
         times[i] = memo[key]
     return AloneBound(
         times,

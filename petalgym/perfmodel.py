@@ -157,17 +157,49 @@ class TimeModel:
         self._pbase = self.prefill_base.tolist()
 
     # per hop ----------------------------------------------------------------------------------------
-    def hop_costs(self, client: int, l_in: int, l_out: int) -> tuple[list[float], list[float]]:
+    def hop_costs(
+        self, client: int, l_in: int, l_out: int, replay: bool = False
+    ) -> tuple[list[float], list[float]]:
         """Per-server (fixed, per-block) cost of a hop in total request time:
-        fixed_j = tI_cj + (l_out - 1) t_cj and per_block_j = tauI_j(l_in) + (l_out - 1) tau_j."""
+        fixed_j = tI_cj + (l_out - 1) t_cj and per_block_j = tauI_j(l_in) + (l_out - 1) tau_j.
+
+        ``replay``: the hop's first step replays ``l_in`` tokens of a recovery, which costs at least a
+        decode step (:meth:`replay_step`): fixed_j = max(tI_cj, t_cj) + ..., per_block_j = max(tauI_j,
+        tau_j) + ...
+        """
         o = self._o
         n = l_out - 1
         pre = o.prefill_per_token_s * l_in + o.prefill_overhead_s
         rtt = self._rtt[client]
         tt = self._t_token[client]
-        fixed = [rtt[j] + pre + n * tt[j] for j in range(len(tt))]
-        per_block = [self._pslope[j] * l_in + self._pbase[j] + n * self._tau[j] for j in range(len(tt))]
-        return fixed, per_block
+        tau = self._tau
+        fixed = [rtt[j] + pre for j in range(len(tt))]
+        per_block = [self._pslope[j] * l_in + self._pbase[j] for j in range(len(tt))]
+        if replay:
+            fixed = [max(f, t) for f, t in zip(fixed, tt, strict=True)]
+            per_block = [max(p, t) for p, t in zip(per_block, tau, strict=True)]
+        return (
+            [f + n * t for f, t in zip(fixed, tt, strict=True)],
+            [p + n * t for p, t in zip(per_block, tau, strict=True)],
+        )
+
+    def route_costs(self, request: Request) -> tuple[list[float], list[float]]:
+        """:meth:`hop_costs` of the new hops of ``request``'s next route: over (l_in, l_out) for a fresh
+        request, over (history_tokens, tokens left) with the replay's floor for a recovery -- the costs by
+        which :meth:`segment_times` times those hops (up to a constant per request: the initial delay, or
+        the kept hops' token time per token left)."""
+        l_in, l_out = remaining_lengths(request)
+        return self.hop_costs(request.client, l_in, l_out, replay=request.is_recovery)
+
+    def replay_step(self, server: int, client: int, tokens: int) -> tuple[float, float]:
+        """(overhead, work per block) in seconds of a recovery's first step on a new hop of ``server``: a
+        prefill over the ``tokens`` replayed, but never less than the decode step whose token it produces
+        (under the paper's overheads a prefill over fewer than ~47 tokens, 67 ms + 0.7 ms per token, would
+        cost less than the 100 ms decode step; a forward pass over more tokens never costs less)."""
+        o = self._o
+        overhead = self._rtt[client][server] + o.prefill_per_token_s * tokens + o.prefill_overhead_s
+        work = self._pslope[server] * tokens + self._pbase[server]
+        return max(overhead, self._t_token[client][server]), max(work, self._tau[server])
 
     def token_costs(self, client: int) -> tuple[list[float], list[float]]:
         """Per-server (fixed, per-block) cost of a hop in per-token decode time: (t_cj, tau_j)."""
@@ -200,8 +232,9 @@ class TimeModel:
         A recovery (``request.kept`` hops kept upstream, ``hops`` from ``route_from`` to L): the
         interrupted token is redone -- its step through the kept hops, then a prefill of the replayed
         ``history_tokens`` on the new hops, whose last position IS that token's step (as in PETALS'
-        InferenceSession.step). ``token`` = decode time over the whole chain; ``duration`` = first +
-        (tokens left - 1) x token, the time from the start to the last token.
+        InferenceSession.step), each hop's never cheaper than its decode step (:meth:`replay_step`).
+        ``token`` = decode time over the whole chain; ``duration`` = first + (tokens left - 1) x token,
+        the time from the start to the last token.
         """
         kept = request.kept
         client = request.client
@@ -211,9 +244,10 @@ class TimeModel:
             else self.token_time(hops, client)
         )
         if request.is_recovery:
-            first = (self.token_time(kept, client) if kept else 0.0) + self.prefill_time(
-                hops, client, request.history_tokens
-            )
+            first = self.token_time(kept, client) if kept else 0.0
+            for h in hops:
+                overhead, work = self.replay_step(h.server, client, request.history_tokens)
+                first += overhead + (h.end - h.start) * work
         else:
             first = allocation_delay_s + self.initial_delay + self.prefill_time(hops, client, request.l_in)
         return first, token, first + (request.l_out - request.tokens_done - 1) * token
@@ -226,10 +260,10 @@ class TimeModel:
         Returns (delay before the first step, one row per hop of the kept hops + ``hops``): (server,
         blocks, first-step overhead, first-step work per block, decode overhead, decode work per block,
         whether the first step is a prefill). The first step is a prefill (overhead tI_cj(n), work
-        tauI_j(n) per block, n = l_in or the replayed history) on new hops and a decode step (t_cj,
-        tau_j) on kept hops. Summed with no queueing --
-        delay + sum(first overhead + blocks x first work) + (tokens left - 1) x sum(decode overhead +
-        blocks x decode work) -- this is the ``duration`` of :meth:`segment_times`."""
+        tauI_j(n) per block, n = l_in; for a recovery n = the replayed history, floored by the decode
+        step: :meth:`replay_step`) on new hops and a decode step (t_cj, tau_j) on kept hops. Summed with
+        no queueing -- delay + sum(first overhead + blocks x first work) + (tokens left - 1) x
+        sum(decode overhead + blocks x decode work) -- this is the ``duration`` of :meth:`segment_times`."""
         client = request.client
         rtt, tt, tau = self._rtt[client], self._t_token[client], self._tau
         if request.is_recovery:
@@ -244,8 +278,11 @@ class TimeModel:
         ]
         for h in hops:
             j = h.server
-            work = self._pslope[j] * prompt + self._pbase[j]
-            steps.append((j, h.end - h.start, rtt[j] + pre, work, tt[j], tau[j], True))
+            if request.is_recovery:
+                overhead, work = self.replay_step(j, client, prompt)
+            else:
+                overhead, work = rtt[j] + pre, self._pslope[j] * prompt + self._pbase[j]
+            steps.append((j, h.end - h.start, overhead, work, tt[j], tau[j], True))
         return delay, steps
 
     def request_time(self, chain: Sequence[Hop], client: int, l_in: int, l_out: int) -> float:
@@ -264,9 +301,8 @@ class TimeModel:
 
 def remaining_lengths(request: Request) -> tuple[int, int]:
     """(prompt tokens to prefill, tokens still to produce) of ``request``'s next route: (l_in, l_out) for
-    a fresh request; (history_tokens, l_out - tokens_done) for a recovery. With them
-    :meth:`TimeModel.hop_costs` prices the new hops exactly as :meth:`TimeModel.segment_times` times them
-    (up to a constant per request: the initial delay, or the kept hops' token time per token left)."""
+    a fresh request; (history_tokens, l_out - tokens_done) for a recovery (whose new hops
+    :meth:`TimeModel.route_costs` prices)."""
     if request.is_recovery:
         return request.history_tokens, request.l_out - request.tokens_done
     return request.l_in, request.l_out

@@ -28,10 +28,11 @@ Mechanics (see the README's "Simulator" section):
   re-routed from the lost hop's first block and while it waits for a reservation (a kept hop's cache
   outranks later reservations: those that would overflow are cancelled and re-planned). It replays a
   prefill over the l_in + generated tokens on the new hops (the interrupted token is redone: its step on
-  the kept hops, then the replay). While a recovery backs off or finds no chain its kept cache is held for
-  a time not known yet (nobody can plan to use it; a request that can only wait for it backs off); a kept
-  hop is given up only when its own server leaves, drains or moves. The back-off of a new wait starts again
-  at 1 s; a request with no chain for ``no_chain_timeout_s`` fails;
+  the kept hops, then the replay, each new hop's never cheaper than its decode step:
+  :meth:`~petalgym.perfmodel.TimeModel.replay_step`). While a recovery backs off or finds no chain its
+  kept cache is held for a time not known yet (nobody can plan to use it; a request that can only wait
+  for it backs off); a kept hop is given up only when its own server leaves, drains or moves. The back-off
+  of a new wait starts again at 1 s; a request with no chain for ``no_chain_timeout_s`` fails;
 * a rejoining (or rebalancing) server reloads its blocks at ``load_s_per_gb``.
 
 Interrupted requests are re-routed before requests whose reservations were cancelled by the same event.

@@ -119,6 +119,21 @@ def hand_times(sc: Scenario, chain: list[tuple[int, int]], l_in: int) -> tuple[f
     return prefill, token
 
 
+def hand_replay(sc: Scenario, chain: list[tuple[int, int]], tokens: int) -> float:
+    """A recovery's first step on new hops (server, blocks processed) replaying ``tokens``, by hand: per hop
+    the prefill's overhead and per-block work, each at least the decode step's."""
+    o = sc.overheads
+    rtt = sc.network.rtt_s[0]
+    step = 0.0
+    for j, k in chain:
+        prof = sc.servers[j].profile
+        overhead = max(
+            rtt[j] + o.prefill_per_token_s * tokens + o.prefill_overhead_s, rtt[j] + o.token_overhead_s
+        )
+        step += overhead + k * max(prof.prefill_per_token_s * tokens + prof.prefill_base_s, prof.tau_s)
+    return step
+
+
 # --------------------------------------------------------------------------------------------------
 # Exact times of one request
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +322,7 @@ def test_failure_interrupts_and_the_request_recovers_with_a_replay():
     t_first, d, undisturbed = segment(sc, 1.0, 10, 100)
     assert t_first < 10.0 < undisturbed  # the server fails (t=10) in the middle of decoding
     g = 1 + math.floor((10.0 - t_first) / d)  # tokens generated when it fails
-    replay, _ = hand_times(sc, [(0, 2)], 10 + g)  # prefill over the prompt and the generated tokens
+    replay = hand_replay(sc, [(0, 2)], 10 + g)  # prefill over the prompt and the generated tokens
     expected = 15.0 + replay + (100 - g - 1) * d  # back at 10 + downtime; the replay yields token g + 1
     assert dec.times("place") == [0.0, 15.0]
     assert r.status == RequestStatus.COMPLETED and r.recoveries == 1
@@ -338,7 +353,7 @@ def test_drain_timeout_interrupts_what_is_left():
     sim, (r,) = run(sc, Scripted({0: Placement(0, 2)}))
     t_first, d, _ = segment(sc, 1.0, 10, 100)
     g = 1 + math.floor((10.5 - t_first) / d)
-    replay, _ = hand_times(sc, [(0, 2)], 10 + g)
+    replay = hand_replay(sc, [(0, 2)], 10 + g)
     assert r.recoveries == 1
     assert r.finish == pytest.approx(15.5 + replay + (100 - g - 1) * d, abs=1e-9)
     assert sim.interruptions == {"departure": 1} and sim.leaves == {"departure": 1}
@@ -377,7 +392,7 @@ def test_rebalance_interrupts_and_recovers_on_the_moved_hop_only():
     g = 1 + math.floor((t_b - t_first) / d)
     routes = [info for k, _, info in dec.log if k == "route"]
     assert routes[-1] == (0, 1, (Hop(0, 0, 1),))  # routed from block 1, keeping the hop on A
-    replay_b, _ = hand_times(sc, [(1, 2)], 10 + g)  # only B replays the history
+    replay_b = hand_replay(sc, [(1, 2)], 10 + g)  # only B replays the history
     _, step_a = hand_times(sc, [(0, 1)], 10)  # the interrupted token's step on the kept hop
     back = t_b + 2 * 2.0  # B reloads 2 blocks of 1 GB at 2 s/GB
     assert r.recoveries == 1 and r.status == RequestStatus.COMPLETED
@@ -394,7 +409,7 @@ def test_a_kept_hop_whose_server_moved_is_dropped():
     g = 1 + math.floor((t_b - t_first) / d)
     routes = [info for k, _, info in dec.log if k == "route"]
     assert routes[-1] == (0, 0, ())  # A lost its cache: routed from block 0 again
-    replay, _ = hand_times(sc, [(0, 1), (1, 2)], 10 + g)  # both hops replay the history
+    replay = hand_replay(sc, [(0, 1), (1, 2)], 10 + g)  # both hops replay the history
     back = t_b + 4.0
     assert r.finish == pytest.approx(back + replay + (100 - g - 1) * d, abs=1e-9)
 
@@ -587,7 +602,7 @@ def test_recovery_keeps_its_upstream_cache_through_the_re_route():
     t_first = sc.overheads.initial_delay_s + prefill
     g = 1 + math.floor((t_move - t_first) / d)  # tokens A had when S1 left
     _, step_kept = hand_times(sc, [(0, 2)], 10)
-    replay, _ = hand_times(sc, [(2, 2)], 10 + g)
+    replay = hand_replay(sc, [(2, 2)], 10 + g)
     a_finish = t_move + step_kept + replay + (100 - g - 1) * d
     assert a.recoveries == 1 and a.finish == pytest.approx(a_finish, abs=1e-9)
     assert a.finish < 2 * t_first + 100 * d  # far from the 2x of losing the cache to B

@@ -16,7 +16,7 @@ import pytest
 
 from petalgym.deciders import Decider, make_decider
 from petalgym.envs.candidates import ChainGenerator
-from petalgym.perfmodel import remaining_lengths, shortest_chain
+from petalgym.perfmodel import shortest_chain
 from petalgym.scenario import Scenario, load_scenario
 from petalgym.simulator import Simulator
 from petalgym.swarm import Request, RequestStatus, SwarmView
@@ -85,8 +85,9 @@ def test_every_candidates_predicted_finish_is_the_realised_one(name, overrides, 
 
 
 def test_ws_rr_cost_is_the_simulated_duration_up_to_a_constant():
-    """For a recovery, WS-RR prices the new hops with the replay and l_out - tokens_done - 1 decode steps
-    (it once priced one decode step per hop more): cost + kept hops' token time x tokens left = duration."""
+    """For a recovery, WS-RR prices the new hops with the replay (floored by the decode step) and
+    l_out - tokens_done - 1 decode steps (it once priced one decode step per hop more): cost + kept hops'
+    token time x tokens left = duration."""
     sc = load_scenario("bellcanada-26-churn", {"churn.lifetime_s.mean": 300.0, "workload.horizon_s": 1200.0})
     seen = 0
 
@@ -108,7 +109,7 @@ def test_ws_rr_cost_is_the_simulated_duration_up_to_a_constant():
             answer = self.inner.route(view, request)
             if answer is not None and request.is_recovery:
                 tm = view.time_model
-                fixed, per_block = tm.hop_costs(request.client, *remaining_lengths(request))
+                fixed, per_block = tm.route_costs(request)
                 cost, chain = shortest_chain(
                     self.inner.routable_spans(view), fixed, per_block, view.num_blocks, request.route_from
                 )

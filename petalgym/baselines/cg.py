@@ -265,12 +265,13 @@ class CGBPWSRRDecider(_CGDecider):
     WS-RR: the shortest chain under hop cost wait_ij + [tI_cj + (l-1) t_cj] + [tauI_j + (l-1) tau_j] m_ij,
     with wait_ij = view.wait_for(j, m_ij s_c) (every session and reservation held to its planned finish).
     A recovery (``route_from > 0`` or tokens already produced) routes the suffix with the replay prefill
-    over ``history_tokens`` and the tokens still to produce (:func:`~petalgym.perfmodel.remaining_lengths`),
-    so that a chain's cost is, up to a constant per request, the time the simulator then takes
-    (:meth:`~petalgym.perfmodel.TimeModel.segment_times`). Route(wait=True).
+    over ``history_tokens`` and the tokens still to produce
+    (:meth:`~petalgym.perfmodel.TimeModel.route_costs`), so that a chain's cost is, up to a constant per
+    request, the time the simulator then takes (:meth:`~petalgym.perfmodel.TimeModel.segment_times`).
+    Route(wait=True).
 
-    Fast path: the zero-wait shortest chain is cached per (client, lengths, route_from, placement version);
-    if none of its hops waits, it is the WS-RR chain (waits are >= 0).
+    Fast path: the zero-wait shortest chain is cached per (client, lengths, recovery or not, route_from,
+    placement version); if none of its hops waits, it is the WS-RR chain (waits are >= 0).
     If CG-BP is infeasible at the design |R| (R_max is only an upper bound), the largest feasible smaller
     |R| is used (``sessions_used``). If every chain has an infinite wait (a hop larger than a server's
     whole cache), the zero-wait chain is returned and the simulator fails the request as exceeding capacity.
@@ -299,7 +300,7 @@ class CGBPWSRRDecider(_CGDecider):
                     n -= 1
             if n != wanted:
                 self.note = f"|R| = {n}: CG-BP is infeasible at the design rule's {wanted}"
-        self._zero: dict[tuple[int, int, int, int], Chain] = {}
+        self._zero: dict[tuple[int, int, int, bool, int], Chain] = {}
         self._zero_version = -1
 
     def route(self, view: SwarmView, request: Request) -> Route | None:
@@ -308,12 +309,12 @@ class CGBPWSRRDecider(_CGDecider):
             self._zero_version = view.placement_version
         l_in, l_out = remaining_lengths(request)
         start = request.route_from
-        key = (request.client, l_in, l_out, start)
+        key = (request.client, l_in, l_out, request.is_recovery, start)
         spans = self.routable_spans(view)
         fixed = per_block = None
         chain = self._zero.get(key)
         if chain is None:
-            fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+            fixed, per_block = view.time_model.route_costs(request)
             _, chain = shortest_chain(spans, fixed, per_block, view.num_blocks, start)
             if not chain:
                 return None
@@ -323,7 +324,7 @@ class CGBPWSRRDecider(_CGDecider):
         if all(wait_for(h.server, (h.end - h.start) * kv) == 0.0 for h in chain):
             return Route(chain, wait=True)
         if fixed is None:
-            fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+            fixed, per_block = view.time_model.route_costs(request)
         cost, ws_chain = shortest_chain(
             spans, fixed, per_block, view.num_blocks, start, wait=lambda j, k: wait_for(j, k * kv)
         )

@@ -507,7 +507,7 @@ class ChainCompositionDecider(Decider):
         self._central = 0  # requests in the central queue
         self._active_version = -1
         self._active: list[bool] = []
-        self._suffix: dict[tuple[int, int, int, int], Chain | None] = {}
+        self._suffix: dict[tuple[int, int, int, bool, int], Chain | None] = {}
         self.note = ""
 
     def _plan(self, scenario: Scenario) -> tuple[int, list[Placement], list[ComposedChain]]:
@@ -660,13 +660,13 @@ class ChainCompositionDecider(Decider):
     def _recovery(self, view: SwarmView, request: Request) -> Route | None:
         """An interrupted job: its fastest suffix chain over the plan's online servers (no capacity)."""
         l_in, l_out = remaining_lengths(request)
-        key = (request.client, l_in, l_out, request.route_from)
+        key = (request.client, l_in, l_out, request.is_recovery, request.route_from)
         if self._active_version != view.placement_version or key not in self._suffix:
             if self._active_version != view.placement_version:
                 self._suffix.clear()
                 self._actives(view)
             spans = [s for s in view.spans() if s[0] in self._used]
-            fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+            fixed, per_block = view.time_model.route_costs(request)
             _, chain = shortest_chain(spans, fixed, per_block, view.num_blocks, request.route_from)
             self._suffix[key] = chain or None
         chain = self._suffix[key]

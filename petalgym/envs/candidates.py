@@ -281,12 +281,12 @@ class ChainGenerator:
         server, cheapest first."""
         l_in, l_out = remaining_lengths(request)
         kv = request.kv_bytes
-        key = (self._placement, request.client, l_in, l_out, request.route_from, kv, k)
+        key = (self._placement, request.client, l_in, l_out, request.is_recovery, request.route_from, kv, k)
         if no_waits:
             hit = self._alt_cache.get(key)
             if hit is not None:
                 return hit
-        fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+        fixed, per_block = view.time_model.route_costs(request)
         wait = None
         if not no_waits:
             wait_for = view.wait_for
@@ -312,7 +312,7 @@ class ChainGenerator:
         ``fewest-hops``; the last two break ties by time."""
         l_in, l_out = remaining_lengths(request)
         kv = request.kv_bytes
-        fixed, per_block = view.time_model.hop_costs(request.client, l_in, l_out)
+        fixed, per_block = view.time_model.route_costs(request)
         spans = view.spans()
         L, start = self.num_blocks, request.route_from
         servers = view.servers
@@ -333,7 +333,8 @@ class ChainGenerator:
             out["free-now"] = shortest_chain(spans, fixed, per_block, L, start, fits)[1]
         loaded = [x + y for x, y in zip(load, tie_fixed, strict=True)]
         out["least-loaded"] = shortest_chain(spans, loaded, tie_block, L, start)[1]
-        key = ("fewest-hops", self._placement, request.client, l_in, l_out, start)  # placement-only
+        # placement-only
+        key = ("fewest-hops", self._placement, request.client, l_in, l_out, request.is_recovery, start)
         fewest = self._alt_cache.get(key)
         if fewest is None:
             fewest = self._alt_cache[key] = shortest_chain(
