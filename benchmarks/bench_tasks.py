@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from petalgym.bench import add_agents, bench, shipped_agents
+from petalgym.errors import UsageError
 from petalgym.evaluation import _nan_to_none, format_pm
 from petalgym.tasks import get_task, list_tasks
 
@@ -94,10 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--reuse", action="store_true", help="read a task's JSON from --output if present")
     args = ap.parse_args(argv)
+    try:
+        tasks = [get_task(name) for name in args.tasks]
+    except UsageError as exc:
+        print(f"error: --tasks: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     args.output.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.tasks:
-        task = get_task(name)
+    for task in tasks:
         path = args.output / f"{task.name}.json"
         if args.reuse and path.is_file():
             result = _none_to_nan(json.loads(path.read_text()))
