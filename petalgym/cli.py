@@ -126,7 +126,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     from petalgym.tasks import list_tasks
 
     title = 'petalgym-bench tasks: gym.make("petalgym/<task>-v<v>") or petalgym.make_task("<task>")'
-    table = Table(title=title)
+    table = Table(title=title, show_edge=False, pad_edge=False)  # 80 columns with the longest names
     for col in ("task", "v", "scenario", "control", "seeds train/val/test"):
         table.add_column(col, no_wrap=True)
     for t in list_tasks():

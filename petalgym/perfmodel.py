@@ -172,16 +172,14 @@ class TimeModel:
         pre = o.prefill_per_token_s * l_in + o.prefill_overhead_s
         rtt = self._rtt[client]
         tt = self._t_token[client]
-        tau = self._tau
-        fixed = [rtt[j] + pre for j in range(len(tt))]
-        per_block = [self._pslope[j] * l_in + self._pbase[j] for j in range(len(tt))]
+        tau, slope, base = self._tau, self._pslope, self._pbase
         if replay:
-            fixed = [max(f, t) for f, t in zip(fixed, tt, strict=True)]
-            per_block = [max(p, t) for p, t in zip(per_block, tau, strict=True)]
-        return (
-            [f + n * t for f, t in zip(fixed, tt, strict=True)],
-            [p + n * t for p, t in zip(per_block, tau, strict=True)],
-        )
+            fixed = [max(rtt[j] + pre, tt[j]) + n * tt[j] for j in range(len(tt))]
+            per_block = [max(slope[j] * l_in + base[j], tau[j]) + n * tau[j] for j in range(len(tt))]
+        else:
+            fixed = [rtt[j] + pre + n * tt[j] for j in range(len(tt))]
+            per_block = [slope[j] * l_in + base[j] + n * tau[j] for j in range(len(tt))]
+        return fixed, per_block
 
     def route_costs(self, request: Request) -> tuple[list[float], list[float]]:
         """:meth:`hop_costs` of the new hops of ``request``'s next route: over (l_in, l_out) for a fresh

@@ -31,7 +31,7 @@ def test_tasks_are_named_versioned_and_split_into_disjoint_seeds():
         assert t.load_scenario().name == t.scenario
 
 
-@pytest.mark.parametrize("name", ["PaperClustered", "ChurnScattered", "SuccessorTestbed"])
+@pytest.mark.parametrize("name", ["PaperClustered", "ChurnScattered", "SuccessorTestbed", "LoadFollowing"])
 def test_gym_make_builds_the_tasks_environment(name):
     task = get_task(name)
     env = gym.make(task.id)
@@ -140,7 +140,8 @@ def test_cli_lists_tasks_and_rejects_bad_bench_arguments(tmp_path, capsys):
     assert max(len(line) for line in out.splitlines()) <= 80  # the table fits 80 columns, unbroken:
     for t in list_tasks():  # each task's row holds its name, version, scenario and seeds on one line
         seeds = f"{t.train_seeds.start}-{t.train_seeds.stop - 1}/"
-        assert any(f" {t.name} " in x and t.scenario in x and seeds in x for x in out.splitlines()), t.name
+        rows = [[cell.strip() for cell in line.split("│")] for line in out.splitlines()]
+        assert any(r[0] == t.name and t.scenario in r and seeds in r[-1] for r in rows), t.name
     assert main(["bench", "--task", "Nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown task 'Nope'") and err.count("\n") == 1
