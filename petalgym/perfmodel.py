@@ -174,8 +174,9 @@ class TimeModel:
         tt = self._t_token[client]
         tau, slope, base = self._tau, self._pslope, self._pbase
         if replay:
-            fixed = [max(rtt[j] + pre, tt[j]) + n * tt[j] for j in range(len(tt))]
-            per_block = [max(slope[j] * l_in + base[j], tau[j]) + n * tau[j] for j in range(len(tt))]
+            first = [self.replay_step(j, client, l_in) for j in range(len(tt))]
+            fixed = [f + n * tt[j] for j, (f, _) in enumerate(first)]
+            per_block = [w + n * tau[j] for j, (_, w) in enumerate(first)]
         else:
             fixed = [rtt[j] + pre + n * tt[j] for j in range(len(tt))]
             per_block = [slope[j] * l_in + base[j] + n * tau[j] for j in range(len(tt))]
