@@ -198,26 +198,6 @@ TASKS: dict[str, Task] = {
             env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 600.0},
             agent="ppo-diurnalload",
         ),
-        Task(
-            "LoadFollowing",
-            0,
-            "12 A100s serving Llama-3.1-70B in int8 (no contention: memory runs out) under a load that "
-            "swings 0.9-8.1 requests/s over a 2-hour cycle: one-hop replicas serve the trough fastest, "
-            "two-hop pipelines hold the peak's sessions, so re-placing pays for its reloads; the agent "
-            "places, routes and may move servers every ~2 minutes (KEEP or move).",
-            "llama70b-int8-diurnal-12",
-            {},
-            "joint",
-            train_seeds=range(0, 3),
-            validation_seeds=range(100, 103),
-            test_seeds=range(200, 205),
-            env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 120.0},
-            baselines=(*DEFAULT_BASELINES, "cg-bp-ws-rr-follow"),
-            grid={
-                **DEFAULT_GRID,
-                "cg-bp-ws-rr-follow": {"busy_rate": [4.0, 5.0], "calm_fraction": [0.5, 0.8]},
-            },
-        ),
     )
 }
 

@@ -31,7 +31,7 @@ def test_tasks_are_named_versioned_and_split_into_disjoint_seeds():
         assert t.load_scenario().name == t.scenario
 
 
-@pytest.mark.parametrize("name", ["PaperClustered", "ChurnScattered", "SuccessorTestbed", "LoadFollowing"])
+@pytest.mark.parametrize("name", ["PaperClustered", "ChurnScattered", "SuccessorTestbed"])
 def test_gym_make_builds_the_tasks_environment(name):
     task = get_task(name)
     env = gym.make(task.id)
