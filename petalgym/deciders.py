@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from petalgym.errors import DeciderError
+from petalgym.errors import DeciderError, PetalgymError
 from petalgym.perfmodel import Chain, Hop, Placement, shortest_chain
 from petalgym.scenario import Scenario, max_blocks_on
 from petalgym.swarm import Request, SwarmView
@@ -148,24 +148,65 @@ def make_decider(name: str, **kwargs: Any) -> Decider:
 
 def check_allocation_delay(name: str, value: Any) -> float:
     """``value`` as an allocation delay in seconds (a finite number >= 0); DeciderError naming it if not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise DeciderError(
-            f"decider {name!r}: allocation_delay_s must be a number of seconds >= 0, got {value!r}"
-        )
+    return float(checked_number(f"decider {name!r}", "allocation_delay_s", value, low_open=False))
+
+
+def checked_number(
+    owner: str,
+    label: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = True,
+    high_open: bool = True,
+    optional: bool = False,
+    error: type[PetalgymError] = DeciderError,
+) -> float | None:
+    """``value`` as a float in the interval from ``low`` to ``high`` (each end left out when its ``*_open``
+    is true, so infinity is in only with ``high=math.inf, high_open=False``), or None when ``optional`` and
+    ``value`` is None; ``error`` naming ``owner``'s argument ``label`` and the interval if not.
+
+    One check for every numeric knob of a decider or solver, so their messages read alike."""
+    if optional and value is None:
+        return None
+    inside = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and (low < value if low_open else low <= value)  # NaN is never inside
+        and (value < high if high_open else value <= high)
+    )
+    if not inside:
+        if high == math.inf:
+            interval = f"a number {'>' if low_open else '>='} {low:g}{'' if high_open else ' or inf'}"
+        else:
+            interval = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise error(f"{owner}: {label} must be {interval}{' or None' if optional else ''}, got {value!r}")
     return float(value)
 
 
 def positive_number(owner: str, label: str, value: Any) -> float:
     """``value`` as a finite number > 0; DeciderError naming ``owner``'s argument ``label`` if not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise DeciderError(f"{owner}: {label} must be a number > 0, got {value!r}")
-    return float(value)
+    return float(checked_number(owner, label, value))
 
 
-def whole_number(owner: str, label: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an integer >= ``minimum``; DeciderError naming ``owner``'s argument ``label`` if not."""
+def whole_number(
+    owner: str,
+    label: str,
+    value: Any,
+    minimum: int = 1,
+    *,
+    optional: bool = False,
+    error: type[PetalgymError] = DeciderError,
+) -> int | None:
+    """``value`` as an integer >= ``minimum`` (or None when ``optional`` and ``value`` is None); ``error``
+    naming ``owner``'s argument ``label`` if not."""
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DeciderError(f"{owner}: {label} must be an integer >= {minimum}, got {value!r}")
+        raise error(
+            f"{owner}: {label} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}"
+        )
     return int(value)
 
 
@@ -318,6 +359,7 @@ __all__ = [
     "Placement",
     "Route",
     "ShortestChainDecider",
+    "checked_number",
     "decider_arguments",
     "decider_names",
     "make_decider",

@@ -378,7 +378,7 @@ def test_cg_bprr_decider_sessions_and_placement(clustered):
 
 def test_bad_arguments_are_named():
     for bad in (0, -1.0, math.inf, math.nan, True, "2"):
-        with pytest.raises(DeciderError, match="sessions_factor must be a positive number"):
+        with pytest.raises(DeciderError, match="sessions_factor must be a number > 0"):
             CGBPWSRRDecider(sessions_factor=bad)
     with pytest.raises(DeciderError, match="num_sessions or sessions_factor, not both"):
         CGBPRRDecider(num_sessions=10, sessions_factor=0.5)

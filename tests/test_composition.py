@@ -167,7 +167,7 @@ def test_jffc_only_on_a_scenario_where_no_server_holds_the_model_is_one_error():
     [
         ({"dispatch": "fifo"}, "dispatch must be one of"),
         ({"cache_jobs": 0}, "cache_jobs must be an integer"),
-        ({"target_load": 1.5}, "target_load must be in"),
+        ({"target_load": 1.5}, r"target_load must be a number in \(0, 1\]"),
         ({"cache_jobs_method": "x"}, "cache_jobs_method"),
     ],
 )

@@ -8,12 +8,13 @@ from petalgym.baselines import BASELINES
 from petalgym.deciders import (
     ArrivalWindow,
     ShortestChainDecider,
+    checked_number,
     decider_names,
     make_decider,
     positive_number,
     whole_number,
 )
-from petalgym.errors import DeciderError
+from petalgym.errors import DeciderError, SolverError
 from petalgym.scenario import load_scenario
 from petalgym.simulator import simulate
 from petalgym.swarm import Request, RequestStatus
@@ -91,3 +92,33 @@ def test_whole_number_names_the_argument(value):
     with pytest.raises(DeciderError, match=r"^d: sessions must be an integer >= 1"):
         whole_number("d", "sessions", value)
     assert whole_number("d", "sessions", 3) == 3
+
+
+def test_checked_number_keeps_each_end_open_or_closed():
+    # (0, 1]: 1 is in, 0 is out
+    assert checked_number("d", "share", 1, high=1.0, high_open=False) == 1.0
+    with pytest.raises(DeciderError, match=r"^d: share must be a number in \(0, 1\], got 0$"):
+        checked_number("d", "share", 0, high=1.0, high_open=False)
+    # [0, 1): 0 is in, 1 is out
+    assert checked_number("d", "gap", 0, high=1.0, low_open=False) == 0.0
+    with pytest.raises(DeciderError, match=r"^d: gap must be a number in \[0, 1\), got 1$"):
+        checked_number("d", "gap", 1, high=1.0, low_open=False)
+    # >= 0, infinity never
+    assert checked_number("d", "delay", 0, low_open=False) == 0.0
+    with pytest.raises(DeciderError, match=r"^d: delay must be a number >= 0, got inf$"):
+        checked_number("d", "delay", float("inf"), low_open=False)
+    # [0, inf]: infinity in only when the high end is closed
+    assert checked_number("d", "threshold", float("inf"), low_open=False, high_open=False) == float("inf")
+    with pytest.raises(DeciderError, match=r"^d: threshold must be a number >= 0 or inf, got nan$"):
+        checked_number("d", "threshold", float("nan"), low_open=False, high_open=False)
+
+
+def test_optional_numbers_take_none_and_name_it():
+    assert checked_number("d", "period", None, optional=True) is None
+    assert whole_number("d", "jobs", None, optional=True) is None
+    with pytest.raises(DeciderError, match=r"^d: period must be a number > 0, got None$"):
+        checked_number("d", "period", None)
+    with pytest.raises(DeciderError, match=r"must be an integer >= 1 or None, got 0"):
+        whole_number("d", "jobs", 0, optional=True)
+    with pytest.raises(SolverError, match=r"^s: links must be an integer >= 1, got 0$"):
+        whole_number("s", "links", 0, error=SolverError)

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from petalgym.deciders import ArrivalWindow, Decider, Route, positive_number, whole_number
+from petalgym.deciders import ArrivalWindow, Decider, Route, checked_number, positive_number, whole_number
 from petalgym.design import (
     CGBPResult,
     GreedyStep,
@@ -157,24 +157,10 @@ class _CGDecider(Decider):
     its CG-BP window; routing only over servers CG-BP uses."""
 
     def __init__(self, num_sessions: int | None = None, sessions_factor: float = 1.0):
-        if isinstance(sessions_factor, bool) or not (
-            isinstance(sessions_factor, (int, float)) and 0 < sessions_factor < math.inf
-        ):
-            raise DeciderError(
-                f"{self.name}: sessions_factor must be a positive number, got {sessions_factor!r}"
-            )
+        self.sessions_factor = positive_number(self.name, "sessions_factor", sessions_factor)
         if num_sessions is not None and sessions_factor != 1.0:
             raise DeciderError(f"{self.name}: give num_sessions or sessions_factor, not both")
-        self.sessions_factor = float(sessions_factor)
-        if num_sessions is not None and (
-            isinstance(num_sessions, bool)
-            or not isinstance(num_sessions, (int, np.integer))
-            or num_sessions < 1
-        ):
-            raise DeciderError(
-                f"{self.name}: num_sessions must be an integer >= 1 or None, got {num_sessions!r}"
-            )
-        self.num_sessions = None if num_sessions is None else int(num_sessions)
+        self.num_sessions = whole_number(self.name, "num_sessions", num_sessions, optional=True)
         self.sessions_used: int | None = None
         self.cg: CGBPResult | None = None
         self._placements: list[Placement] = []
@@ -373,14 +359,10 @@ class CGFollowDecider(CGBPWSRRDecider):
                 f"{self.name}: high_sessions must exceed low_sessions, got "
                 f"{high_sessions!r} <= {low_sessions!r}"
             )
-        if (
-            isinstance(calm_fraction, bool)
-            or not isinstance(calm_fraction, (int, float))
-            or not (0 < calm_fraction <= 1)
-        ):
-            raise DeciderError(f"{self.name}: calm_fraction must be in (0, 1], got {calm_fraction!r}")
-        self.calm_fraction = float(calm_fraction)
-        self.low_sessions = int(low_sessions)
+        self.calm_fraction = checked_number(
+            self.name, "calm_fraction", calm_fraction, high=1.0, high_open=False
+        )
+        self.low_sessions = low_sessions
         self.high_sessions = int(high_sessions)
         self.busy_rate = positive_number(self.name, "busy_rate", busy_rate)
         self.rate_window_s = positive_number(self.name, "rate_window_s", rate_window_s)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from petalgym.deciders import Decider, Enqueue, Route
+from petalgym.deciders import Decider, Enqueue, Route, checked_number, whole_number
 from petalgym.design import arrival_rate, workload_lengths
 from petalgym.errors import DeciderError, SolverError
 from petalgym.perfmodel import (
@@ -459,26 +459,16 @@ class ChainCompositionDecider(Decider):
     ):
         if dispatch not in DISPATCH_POLICIES:
             raise DeciderError(f"dispatch must be one of {', '.join(DISPATCH_POLICIES)}, got {dispatch!r}")
-        if cache_jobs is not None and (
-            isinstance(cache_jobs, bool) or not isinstance(cache_jobs, (int, np.integer)) or cache_jobs < 1
-        ):
-            raise DeciderError(f"cache_jobs must be an integer >= 1 or None, got {cache_jobs!r}")
+        self.name = "jffc-only" if whole_model else f"gbp-cr-{dispatch}"
+        self.cache_jobs = whole_number(self.name, "cache_jobs", cache_jobs, optional=True)
         if cache_jobs_method not in ("theorem4-lower", "surrogate"):
             raise DeciderError(
                 f"cache_jobs_method must be 'theorem4-lower' or 'surrogate', got {cache_jobs_method!r}"
             )
-        if (
-            isinstance(target_load, bool)
-            or not isinstance(target_load, (int, float))
-            or not 0 < target_load <= 1
-        ):
-            raise DeciderError(f"target_load must be in (0, 1], got {target_load!r}")
+        self.target_load = checked_number(self.name, "target_load", target_load, high=1.0, high_open=False)
         self.dispatch = dispatch
-        self.cache_jobs = None if cache_jobs is None else int(cache_jobs)
         self.cache_jobs_method = cache_jobs_method
-        self.target_load = float(target_load)
         self.whole_model = bool(whole_model)
-        self.name = "jffc-only" if whole_model else f"gbp-cr-{dispatch}"
         self.cache_jobs_used: int | None = None
         self.chains: list[ComposedChain] = []
 

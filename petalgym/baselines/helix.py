@@ -52,7 +52,7 @@ import numpy as np
 import pulp
 
 from petalgym.baselines.milp import SOLVERS, SolverOptions, run_solver
-from petalgym.deciders import Decider, Route
+from petalgym.deciders import Decider, Route, checked_number, whole_number
 from petalgym.errors import DeciderError, PetalgymError, SolverError
 from petalgym.perfmodel import Chain, Hop, Placement, remaining_lengths, session_capacity
 from petalgym.scenario import Scenario, max_blocks_on
@@ -322,23 +322,15 @@ def solve_helix_milp(
     name = str(solver).lower()
     if name not in SOLVERS:
         raise SolverError(f"helix: unknown solver {solver!r} (known: {', '.join(SOLVERS)})")
-    tl = time_limit_s
-    if isinstance(tl, bool) or not isinstance(tl, (int, float)) or not (tl > 0 and math.isfinite(tl)):
-        raise SolverError(f"helix: time_limit_s must be a positive number of seconds, got {tl!r}")
-    if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
-        raise SolverError(f"helix: gap_rel must be a number in [0, 1), got {gap_rel!r}")
+    tl = checked_number("helix", "time_limit_s", time_limit_s, error=SolverError)
+    checked_number("helix", "gap_rel", gap_rel, high=1.0, low_open=False, error=SolverError)
     _check_tables(capacities, num_blocks)
     L, n = int(num_blocks), len(capacities)
     tables = [[int(f) for f in t[: min(len(t), L)]] for t in capacities]
     if max_out_links is None:
         keep: Callable[[int, int], bool] = lambda i, j: True  # noqa: E731
     else:
-        if (
-            isinstance(max_out_links, bool)
-            or not isinstance(max_out_links, (int, np.integer))
-            or max_out_links < 1
-        ):
-            raise SolverError(f"helix: max_out_links must be an integer >= 1 or None, got {max_out_links!r}")
+        whole_number("helix", "max_out_links", max_out_links, error=SolverError)
         kept = prune_links(tables, int(max_out_links), prune_seed)
         if start is not None:  # the warm start's own links stay, so that it keeps its flow
             ends: dict[int, list[int]] = {}
@@ -723,28 +715,14 @@ class HelixDecider(Decider):
     ):
         if str(solver).lower() not in SOLVERS:
             raise DeciderError(f"helix: unknown solver {solver!r} (known: {', '.join(SOLVERS)})")
-        tl = time_limit_s
-        if isinstance(tl, bool) or not isinstance(tl, (int, float)) or not (tl > 0 and math.isfinite(tl)):
-            raise DeciderError(f"helix: time_limit_s must be a positive number of seconds, got {tl!r}")
-        if isinstance(gap_rel, bool) or not isinstance(gap_rel, (int, float)) or not 0 <= gap_rel < 1:
-            raise DeciderError(f"helix: gap_rel must be a number in [0, 1), got {gap_rel!r}")
+        tl = checked_number("helix", "time_limit_s", time_limit_s)
+        checked_number("helix", "gap_rel", gap_rel, high=1.0, low_open=False)
         for label, flag in (("warm_start", warm_start), ("cuts", cuts)):
             if not isinstance(flag, bool):
                 raise DeciderError(f"helix: {label} must be True or False, got {flag!r}")
-        if max_out_links is not None and (
-            isinstance(max_out_links, bool)
-            or not isinstance(max_out_links, (int, np.integer))
-            or max_out_links < 1
-        ):
-            raise DeciderError(f"helix: max_out_links must be an integer >= 1 or None, got {max_out_links!r}")
-        if (
-            isinstance(mask_share, bool)
-            or not isinstance(mask_share, (int, float))
-            or not 0 <= mask_share < 1
-        ):
-            raise DeciderError(f"helix: mask_share must be a number in [0, 1), got {mask_share!r}")
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise DeciderError(f"helix: threads must be an integer >= 1, got {threads!r}")
+        whole_number("helix", "max_out_links", max_out_links, optional=True)
+        checked_number("helix", "mask_share", mask_share, high=1.0, low_open=False)
+        whole_number("helix", "threads", threads)
         self.solver = str(solver).lower()
         self.time_limit_s = float(tl)
         self.gap_rel = float(gap_rel)

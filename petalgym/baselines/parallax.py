@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from petalgym.deciders import Decider, Enqueue, Route
+from petalgym.deciders import Decider, Enqueue, Route, checked_number, whole_number
 from petalgym.design import client_shares
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Chain, Hop, Placement
@@ -752,19 +752,12 @@ class ParallaxDecider(Decider):
                 raise DeciderError(f"{name}: {label} must be one of {', '.join(choices)}; got {value!r}")
         if max_requests != "kv" and not _is_int(max_requests, 1):
             raise DeciderError(f"{name}: max_requests must be an integer >= 1 or 'kv', got {max_requests!r}")
-        thr = rebalance_threshold
-        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr >= 0:
-            raise DeciderError(f"{name}: rebalance_threshold must be a number >= 0, got {thr!r}")
+        checked_number(name, "rebalance_threshold", rebalance_threshold, low_open=False, high_open=False)
         for label, flag in (("leftovers_at_bootstrap", leftovers_at_bootstrap), ("look_ahead", look_ahead)):
             if not isinstance(flag, bool):
                 raise DeciderError(f"{name}: {label} must be True or False, got {flag!r}")
-        if dp_max_states is not None and not _is_int(dp_max_states, 1):
-            raise DeciderError(f"{name}: dp_max_states must be an int >= 1 or None, got {dp_max_states!r}")
-        period = reload_check_period_s
-        if period is not None and (
-            isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < math.inf
-        ):
-            raise DeciderError(f"{name}: reload_check_period_s must be a number > 0 or None, got {period!r}")
+        whole_number(name, "dp_max_states", dp_max_states, optional=True)
+        period = checked_number(name, "reload_check_period_s", reload_check_period_s, optional=True)
         self.allocator = allocator
         self.router = router
         self.vertex_cost = vertex_cost

@@ -49,7 +49,7 @@ from itertools import count
 
 import numpy as np
 
-from petalgym.deciders import Decider, Route
+from petalgym.deciders import Decider, Route, checked_number
 from petalgym.errors import DeciderError
 from petalgym.perfmodel import Chain, Hop, Placement, petals_cache_bytes_per_block, petals_num_blocks
 from petalgym.scenario import GpuProfile, Scenario
@@ -877,12 +877,7 @@ class PetalsDecider(Decider):
         period = balance_check_period_s
         if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < math.inf:
             raise DeciderError(f"petals: balance_check_period_s must be a positive number, got {period!r}")
-        if balance_quality is not None and (
-            isinstance(balance_quality, bool)
-            or not isinstance(balance_quality, (int, float))
-            or not 0 <= balance_quality < math.inf
-        ):
-            raise DeciderError(f"petals: balance_quality must be a number >= 0, got {balance_quality!r}")
+        checked_number("petals", "balance_quality", balance_quality, low_open=False, optional=True)
         if router is not None and not isinstance(router, Decider):
             raise DeciderError(f"petals: router must be a Decider, got {router!r}")
         for label, fn in (("join_order", join_order), ("num_blocks", num_blocks)):
