@@ -307,6 +307,14 @@ def remaining_lengths(request: Request) -> tuple[int, int]:
     return request.l_in, request.l_out
 
 
+def route_key(request: Request) -> tuple[int, int, int, bool, int]:
+    """(client, tokens to prefill, tokens left, is a recovery, first block to route from): everything of
+    ``request`` that its next route's costs (:meth:`TimeModel.route_costs`) and start depend on -- the key
+    of a cache of routes under one placement."""
+    l_in, l_out = remaining_lengths(request)
+    return request.client, l_in, l_out, request.is_recovery, request.route_from
+
+
 # --------------------------------------------------------------------------------------------------
 # Chains
 # --------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from petalgym.offline import OfflineInstance, OfflineSolution, evaluate
 from petalgym.perfmodel import (
     Chain,
     Placement,
-    remaining_lengths,
+    route_key,
     shortest_chain,
     theorem2_bound,
 )
@@ -293,9 +293,8 @@ class CGBPWSRRDecider(_CGDecider):
         if self._zero_version != view.placement_version:
             self._zero.clear()
             self._zero_version = view.placement_version
-        l_in, l_out = remaining_lengths(request)
         start = request.route_from
-        key = (request.client, l_in, l_out, request.is_recovery, start)
+        key = route_key(request)
         spans = self.routable_spans(view)
         fixed = per_block = None
         chain = self._zero.get(key)

@@ -36,7 +36,7 @@ from petalgym.perfmodel import (
     Placement,
     TimeModel,
     cache_slots,
-    remaining_lengths,
+    route_key,
     session_capacity,
     shortest_chain,
 )
@@ -649,8 +649,7 @@ class ChainCompositionDecider(Decider):
 
     def _recovery(self, view: SwarmView, request: Request) -> Route | None:
         """An interrupted job: its fastest suffix chain over the plan's online servers (no capacity)."""
-        l_in, l_out = remaining_lengths(request)
-        key = (request.client, l_in, l_out, request.is_recovery, request.route_from)
+        key = route_key(request)
         if self._active_version != view.placement_version or key not in self._suffix:
             if self._active_version != view.placement_version:
                 self._suffix.clear()

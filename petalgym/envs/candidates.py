@@ -32,7 +32,7 @@ from petalgym.perfmodel import (
     conservative_num_blocks,
     petals_cache_bytes_per_block,
     petals_num_blocks,
-    remaining_lengths,
+    route_key,
     shortest_chain,
 )
 from petalgym.scenario import Scenario
@@ -279,9 +279,8 @@ class ChainGenerator:
     def ws_rr_chains(self, view: SwarmView, request: Request, k: int, no_waits: bool) -> list[Chain]:
         """The ``k`` best chains under WS-RR's cost (wait + hop time of the whole request) on every ONLINE
         server, cheapest first."""
-        l_in, l_out = remaining_lengths(request)
         kv = request.kv_bytes
-        key = (self._placement, request.client, l_in, l_out, request.is_recovery, request.route_from, kv, k)
+        key = (self._placement, *route_key(request), kv, k)
         if no_waits:
             hit = self._alt_cache.get(key)
             if hit is not None:
@@ -310,7 +309,6 @@ class ChainGenerator:
         chain whose every hop fits in its server's cache now (free minus reserved); ``least-loaded``, the
         chain of the smallest sum over hops of the server's cache in use (held + reserved) / its budget;
         ``fewest-hops``; the last two break ties by time."""
-        l_in, l_out = remaining_lengths(request)
         kv = request.kv_bytes
         fixed, per_block = view.time_model.route_costs(request)
         spans = view.spans()
@@ -334,7 +332,7 @@ class ChainGenerator:
         loaded = [x + y for x, y in zip(load, tie_fixed, strict=True)]
         out["least-loaded"] = shortest_chain(spans, loaded, tie_block, L, start)[1]
         # placement-only
-        key = ("fewest-hops", self._placement, request.client, l_in, l_out, request.is_recovery, start)
+        key = ("fewest-hops", self._placement, *route_key(request))
         fewest = self._alt_cache.get(key)
         if fewest is None:
             fewest = self._alt_cache[key] = shortest_chain(
