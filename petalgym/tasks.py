@@ -198,6 +198,29 @@ TASKS: dict[str, Task] = {
             env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 600.0},
             agent="ppo-diurnalload",
         ),
+        Task(
+            "LoadFollowing",
+            0,
+            "12 A100s serving Llama-3.1-70B in int8 (no contention: memory runs out) under a load that "
+            "swings 0.9-8.1 requests/s over a 2-hour cycle, requests abandoned after 2 minutes' wait: "
+            "one-hop replicas serve the trough fastest, two-hop pipelines hold the peak's sessions, and "
+            "re-placing must not leave sessions waiting for a reloading server; the agent places, routes "
+            "and may move servers every ~2 minutes (KEEP or move).",
+            "llama70b-int8-diurnal-12",
+            # 2.5 h: the 30-minute warm-up ends at the peak, then one whole cycle down to the trough and back
+            {"workload.horizon_s": 9000.0, "workload.max_wait_s": 120.0},
+            "joint",
+            train_seeds=range(0, 3),
+            validation_seeds=range(100, 103),
+            test_seeds=range(200, 205),
+            env_options={**DEFAULT_ENV_OPTIONS, "rebalance_period_s": 120.0},
+            agent="ppo-loadfollowing",
+            baselines=(*DEFAULT_BASELINES, "cg-bp-ws-rr-follow"),
+            grid={
+                **DEFAULT_GRID,
+                "cg-bp-ws-rr-follow": {"busy_rate": [4.0, 5.0], "calm_fraction": [0.5, 0.8]},
+            },
+        ),
     )
 }
 

@@ -516,11 +516,11 @@ def test_an_agent_over_a_central_queue_builtin_matches_the_env_episode(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm", "DiurnalLoad"])
+@pytest.mark.parametrize("name", ["MixedSpot", "LargeSwarm", "DiurnalLoad", "LoadFollowing"])
 def test_task_agent_configs_build_their_tasks_env(name):
-    """configs/agents/tasks/<Task>.yaml: the task's scenario and env options, with the task's reference
-    baseline (replicas-first) built in at a point of the task's grid (the DiurnalLoad agent routes only:
-    placement and REBALANCE ticks stay the built-in decider's)."""
+    """configs/agents/tasks/<Task>.yaml: the task's scenario, overrides and env options, with the task's
+    reference baseline (replicas-first; CG-BP + WS-RR on LoadFollowing) built in at a point of the task's
+    grid (the agents route only: placement and REBALANCE ticks stay the built-in decider's)."""
     from petalgym.agents.config import config_dir, load_hyperparams
     from petalgym.tasks import get_task
 
@@ -529,11 +529,13 @@ def test_task_agent_configs_build_their_tasks_env(name):
     kwargs = params["env_kwargs"]
     task = get_task(name)
     assert kwargs["scenario"] == task.scenario and kwargs["control"] == "routing"
+    assert kwargs.get("scenario_overrides", {}) == dict(task.overrides)
     for key, value in task.env_options.items():
         if key != "rebalance_period_s":  # agent REBALANCE control needs placement control
             assert kwargs[key] == value, key
-    assert kwargs["decider"] == "replicas-first" and "replicas-first" in task.baselines
-    assert kwargs["decider_kwargs"] in grid_points(task.grid["replicas-first"])
+    reference = "cg-bp-ws-rr" if name == "LoadFollowing" else "replicas-first"
+    assert kwargs["decider"] == reference and reference in task.baselines
+    assert kwargs["decider_kwargs"] in grid_points(task.grid[reference])
     env = gym.make("PetalAlloc-v0", **kwargs)
     _, info = env.reset(seed=0)
     assert info["decision"] == "ROUTE" and info["action_mask"].any()

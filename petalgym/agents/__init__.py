@@ -40,6 +40,7 @@ TASK_AGENTS: dict[str, str] = {
         "ZoneShocks",
         "LargeSwarm",
         "DiurnalLoad",
+        "LoadFollowing",
     )
 }
 
