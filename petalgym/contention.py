@@ -146,15 +146,25 @@ class FifoProcessors:
 
     def run_until(self, limit: float) -> tuple[float, Any] | None:
         """Process step events up to and including ``limit``; stop at the first session that receives its
-        last token and return (that time, its request); None when no event is left before ``limit``."""
+        last token and return (that time, its request); None when no event is left before ``limit``.
+
+        A handled step's next event goes through ``heappushpop`` (one sift; no heap change at all when it is
+        the earliest, e.g. a session alone on its servers): the order is the same as pushing and popping,
+        since (time, segment rank) keys are unique (a session has one event pending at a time)."""
         heap = self.heap
-        pop, push = heapq.heappop, heapq.heappush
+        pop, push, pushpop = heapq.heappop, heapq.heappush, heapq.heappushpop
         alpha, beta = self.alpha, 1.0 - self.alpha
         free = self.free_at
         per_block = self.per_block
         jobs = 0
-        while heap and heap[0][0] <= limit:
-            t, _, sess, kind = pop(heap)
+        event = None  # the next event to handle, already off the heap
+        while True:
+            if event is None:
+                if not heap or heap[0][0] > limit:
+                    break
+                event = pop(heap)
+            t, _, sess, kind = event
+            event = None
             if not sess.alive:
                 continue
             if kind == _FINISH:
@@ -176,37 +186,40 @@ class FifoProcessors:
             free[server] = done
             if first and per_block and sess.jobs_left > 1:  # the next block joins the tail when this ends
                 sess.jobs_left -= 1
-                push(heap, (done, sess.rank, sess, _ARRIVE))
-                continue
-            recv = done + beta * o
-            h += 1
-            if h < len(steps):  # the client sends the same token to the next hop
-                sess.hop = h
-                if first:
-                    sess.jobs_left = steps[h][1] if per_block and steps[h][6] else 1
-                    nxt = recv + alpha * steps[h][2]
-                else:
-                    nxt = recv + alpha * steps[h][4]
-                push(heap, (nxt, sess.rank, sess, _ARRIVE))
-                continue
-            # the client receives the token
-            sess.tokens_left -= 1
-            req = sess.request
-            if sess.tokens_left == 0:
-                planned = req.finish  # the simulator's planned end: rounding must not make it late
-                if abs(recv - planned) <= _SNAP * (1.0 + abs(planned)):
-                    recv = planned
-            sess.received += 1
-            sess.recv_at = recv
-            if req.first_token != req.first_token:  # nan: the request's first token
-                req.first_token = recv
-            if sess.tokens_left == 0:
-                sess.final_at = recv
-                push(heap, (recv, sess.rank, sess, _FINISH))
-                continue
-            sess.token += 1
-            sess.hop = 0
-            push(heap, (recv + alpha * steps[0][4], sess.rank, sess, _ARRIVE))
+                nxt = (done, sess.rank, sess, _ARRIVE)
+            else:
+                recv = done + beta * o
+                h += 1
+                if h < len(steps):  # the client sends the same token to the next hop
+                    sess.hop = h
+                    if first:
+                        sess.jobs_left = steps[h][1] if per_block and steps[h][6] else 1
+                        nxt = (recv + alpha * steps[h][2], sess.rank, sess, _ARRIVE)
+                    else:
+                        nxt = (recv + alpha * steps[h][4], sess.rank, sess, _ARRIVE)
+                else:  # the client receives the token
+                    sess.tokens_left -= 1
+                    req = sess.request
+                    if sess.tokens_left == 0:
+                        planned = req.finish  # the simulator's planned end: rounding must not make it late
+                        if abs(recv - planned) <= _SNAP * (1.0 + abs(planned)):
+                            recv = planned
+                    sess.received += 1
+                    sess.recv_at = recv
+                    if req.first_token != req.first_token:  # nan: the request's first token
+                        req.first_token = recv
+                    if sess.tokens_left == 0:
+                        sess.final_at = recv
+                        nxt = (recv, sess.rank, sess, _FINISH)
+                    else:
+                        sess.token += 1
+                        sess.hop = 0
+                        nxt = (recv + alpha * steps[0][4], sess.rank, sess, _ARRIVE)
+            event = pushpop(heap, nxt)
+            if event[0] > limit:
+                push(heap, event)
+                event = None
+                break
         self.jobs += jobs
         return None
 

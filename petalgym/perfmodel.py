@@ -16,7 +16,9 @@ initial delay. All times in seconds, all sizes in bytes.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -139,6 +141,9 @@ class TimeModel:
     Arrays have shape (num_clients, num_servers) or (num_servers,).
     """
 
+    #: Entries of :meth:`route_costs`' cache before it is emptied (bounds memory over long runs).
+    MAX_ROUTE_COSTS = 4096
+
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
         o = scenario.overheads
@@ -155,6 +160,7 @@ class TimeModel:
         self._tau = self.tau.tolist()
         self._pslope = self.prefill_slope.tolist()
         self._pbase = self.prefill_base.tolist()
+        self._route_costs: dict[tuple[int, int, int, bool], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
     # per hop ----------------------------------------------------------------------------------------
     def hop_costs(
@@ -182,13 +188,21 @@ class TimeModel:
             per_block = [slope[j] * l_in + base[j] + n * tau[j] for j in range(len(tt))]
         return fixed, per_block
 
-    def route_costs(self, request: Request) -> tuple[list[float], list[float]]:
+    def route_costs(self, request: Request) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """:meth:`hop_costs` of the new hops of ``request``'s next route: over (l_in, l_out) for a fresh
         request, over (history_tokens, tokens left) with the replay's floor for a recovery -- the costs by
         which :meth:`segment_times` times those hops (up to a constant per request: the initial delay, or
-        the kept hops' token time per token left)."""
+        the kept hops' token time per token left). Kept per (client, l_in, l_out, recovery): one decision
+        asks for them several times (its decider, then every candidate rule of the env)."""
         l_in, l_out = remaining_lengths(request)
-        return self.hop_costs(request.client, l_in, l_out, replay=request.is_recovery)
+        key = (request.client, l_in, l_out, request.is_recovery)
+        costs = self._route_costs.get(key)
+        if costs is None:
+            if len(self._route_costs) >= self.MAX_ROUTE_COSTS:
+                self._route_costs.clear()
+            fixed, per_block = self.hop_costs(request.client, l_in, l_out, replay=request.is_recovery)
+            costs = self._route_costs[key] = (tuple(fixed), tuple(per_block))
+        return costs
 
     def replay_step(self, server: int, client: int, tokens: int) -> tuple[float, float]:
         """(overhead, work per block) in seconds of a recovery's first step on a new hop of ``server``: a
@@ -365,29 +379,30 @@ def shortest_chain(
     ``spans`` lists the usable servers as (server, first block, end). A hop entering server j at position b
     costs ``fixed[j] + per_block[j] * (end_j - b)`` plus ``wait(j, end_j - b)`` if given (e.g. the time
     until j has cache for that many blocks; ``inf`` forbids the hop). Only positions reachable as a
-    server's end (or ``start``) can be entered, so the programme runs over at most |spans| + 1 positions:
-    O(|spans|^2) in the worst case. Ties go to the chain found first (servers in ``spans`` order, then
-    fewer hops). Returns (cost, chain); (inf, ()) if no chain exists.
+    server's end (or ``start``) can be entered, and each server scans only the reached positions inside
+    its span (found by bisection): O(|spans| log |spans| + the entries scanned). Ties go to the chain
+    found first (servers in ``spans`` order, then fewer hops). Returns (cost, chain); (inf, ()) if no
+    chain exists.
     """
-    best: dict[int, float] = {start: 0.0}
-    back: dict[int, tuple[int, int]] = {}
-    order = sorted(range(len(spans)), key=lambda i: spans[i][2])
     inf = math.inf
-    for i in order:
-        j, a, e = spans[i]
+    best: dict[int, float] = {start: 0.0}  # cheapest cost of reaching each reached position
+    back: dict[int, tuple[int, int]] = {}
+    reached = [start]  # the reached positions, ascending (spans are visited by increasing end)
+    for j, a, e in sorted(spans, key=_span_end):
         if e <= start:
             continue
         f, w = fixed[j], per_block[j]
         cand, arg = inf, -1
-        for b, cost in best.items():
-            if a <= b < e:
-                k = e - b
-                c = cost + f + w * k
-                if wait is not None and c < cand:
-                    c += wait(j, k)
-                if c < cand:
-                    cand, arg = c, b
+        for i in range(bisect_left(reached, a), bisect_left(reached, e)):  # the reached b in [a, e)
+            b = reached[i]
+            c = best[b] + f + w * (e - b)
+            if wait is not None and c < cand:
+                c += wait(j, e - b)
+            if c < cand:
+                cand, arg = c, b
         if arg >= 0 and cand < best.get(e, inf):
+            if e not in best:
+                reached.append(e)
             best[e] = cand
             back[e] = (j, arg)
     total = best.get(num_blocks, inf)
@@ -400,6 +415,9 @@ def shortest_chain(
         hops.append(Hop(j, b, pos))
         pos = b
     return total, tuple(reversed(hops))
+
+
+_span_end = itemgetter(2)  # sort key of (server, first block, end)
 
 
 def theorem2_bound(

@@ -15,6 +15,8 @@ from petalgym.perfmodel import Chain, Placement, TimeModel, chain_errors
 from petalgym.timeline import ReleaseTimeline, Timeline
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from petalgym.scenario import Scenario, ServerSpec
 
 
@@ -520,6 +522,22 @@ class SwarmView:
         """WS-RR's waiting time (s from now) until ``server`` has ``nbytes`` free, counting every running
         session and every reservation as held from now until its planned finish; inf if never."""
         return self.servers[server].wait_for(nbytes, self.now)
+
+    def hop_wait(self, kv_bytes: int) -> Callable[[int, int], float]:
+        """WS-RR's waiting time as a function of (server, blocks) for a request of ``kv_bytes`` per block:
+        ``wait_for(server, blocks * kv_bytes)``, with the free cache of every server read once (a hop that
+        fits now answers 0 without a call): the ``wait`` of the chain programmes, which ask it per
+        (server, entry) pair. Valid until the swarm changes."""
+        servers, now = self.servers, self.now
+        room = [s.cache_capacity - s.used_bytes - s.reserved_bytes for s in servers]
+
+        def wait(server: int, blocks: int) -> float:
+            nbytes = blocks * kv_bytes
+            if room[server] >= nbytes:
+                return 0.0
+            return servers[server].wait_for(nbytes, now)
+
+        return wait
 
     def admission(self, request: Request, hops: Chain) -> tuple[float, float, float, float]:
         """What the simulator would do if ``request`` took ``hops`` now (after its kept hops):

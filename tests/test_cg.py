@@ -407,3 +407,27 @@ def test_churn_is_handled(decider):
     assert s["arrived"] == s["completed"] + s["failed"] and s["in_flight"] == 0
     assert sum(res.extra["leaves"].values()) > 0  # churn did happen
     assert s["completed"] >= 0.9 * s["arrived"]
+
+
+def test_hop_wait_answers_as_wait_for_on_a_partly_full_swarm(clustered):
+    sim = placed_simulator(clustered, CGBPWSRRDecider())
+    view, req = sim.view, _request(clustered)
+    _fill(sim, 0, busy_for=30.0)
+    s = sim.servers[1]
+    s.hold(-2, (s.cache_capacity - s.used_bytes) // 2, sim.now + 5.0)  # half full: some hops fit
+    wait = view.hop_wait(req.kv_bytes)
+    answers = set()
+    for j, a, e in view.spans():
+        for blocks in range(1, e - a + 1):
+            expected = view.wait_for(j, blocks * req.kv_bytes)
+            assert wait(j, blocks) == expected
+            answers.add(expected)
+    assert 0.0 in answers and any(x > 0.0 for x in answers)  # both branches were asked
+
+
+def test_route_costs_are_the_hop_costs_of_the_next_route(clustered):
+    tm = TimeModel(clustered)
+    for l_out in (16, 128, 16):  # the third call is answered from the cache
+        req = _request(clustered, l_out=l_out)
+        fixed, per_block = tm.route_costs(req)
+        assert (list(fixed), list(per_block)) == tm.hop_costs(req.client, req.l_in, l_out)

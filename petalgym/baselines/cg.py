@@ -304,15 +304,12 @@ class CGBPWSRRDecider(_CGDecider):
             if not chain:
                 return None
             self._zero[key] = chain
-        kv = request.kv_bytes
-        wait_for = view.wait_for
-        if all(wait_for(h.server, (h.end - h.start) * kv) == 0.0 for h in chain):
+        wait = view.hop_wait(request.kv_bytes)
+        if all(wait(h.server, h.end - h.start) == 0.0 for h in chain):
             return Route(chain, wait=True)
         if fixed is None:
             fixed, per_block = view.time_model.route_costs(request)
-        cost, ws_chain = shortest_chain(
-            spans, fixed, per_block, view.num_blocks, start, wait=lambda j, k: wait_for(j, k * kv)
-        )
+        cost, ws_chain = shortest_chain(spans, fixed, per_block, view.num_blocks, start, wait=wait)
         return Route(ws_chain if math.isfinite(cost) else chain, wait=True)
 
 

@@ -18,6 +18,7 @@ bytes.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -41,6 +42,7 @@ from petalgym.swarm import Request, ServerStatus, SwarmView
 _ONLINE = ServerStatus.ONLINE
 _INF = math.inf
 _first = itemgetter(0)
+_span_end = itemgetter(2)
 
 #: Default |R| multipliers of the extra CG-BP levels (more blocks / less cache below 1, fewer above).
 DEFAULT_LEVEL_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 2.0, 4.0)
@@ -151,24 +153,27 @@ def k_best_chains(
     a shortest path per deviation, ~100x slower here), which matters for the env's speed target.
     """
     labels: dict[int, list[tuple[float, int, int, int]]] = {start: [(0.0, -1, -1, -1)]}
-    for j, a, e in sorted(spans, key=lambda s: s[2]):
+    reached = [start]  # the labelled positions, ascending (spans are visited by increasing end)
+    for j, a, e in sorted(spans, key=_span_end):
         if e <= start:
             continue
         f, w = fixed[j], per_block[j]
         new: list[tuple[float, int, int, int]] = []
-        for b, labs in labels.items():
-            if a <= b < e:
-                c = f + w * (e - b)
-                if wait is not None:
-                    x = wait(j, e - b)
-                    if x == _INF:
-                        continue
-                    c += x
-                for r, lab in enumerate(labs):
-                    new.append((lab[0] + c, j, b, r))
+        for i in range(bisect_left(reached, a), bisect_left(reached, e)):  # the labelled b in [a, e)
+            b = reached[i]
+            c = f + w * (e - b)
+            if wait is not None:
+                x = wait(j, e - b)
+                if x == _INF:
+                    continue
+                c += x
+            for r, lab in enumerate(labels[b]):
+                new.append((lab[0] + c, j, b, r))
         if new:
             cur = labels.get(e)
-            if cur:
+            if cur is None:
+                reached.append(e)
+            elif cur:
                 new = cur + new
             new.sort(key=_first)
             labels[e] = new[:k]
@@ -286,13 +291,7 @@ class ChainGenerator:
             if hit is not None:
                 return hit
         fixed, per_block = view.time_model.route_costs(request)
-        wait = None
-        if not no_waits:
-            wait_for = view.wait_for
-
-            def wait(j: int, blocks: int) -> float:
-                return wait_for(j, blocks * kv)
-
+        wait = None if no_waits else view.hop_wait(kv)
         found = k_best_chains(view.spans(), fixed, per_block, self.num_blocks, request.route_from, k, wait)
         chains = [c for _, c in found]
         if no_waits:
