@@ -53,6 +53,7 @@ class _Session:
 
     __slots__ = (
         "alive",
+        "decode",
         "final_at",
         "hop",
         "jobs_left",
@@ -65,10 +66,17 @@ class _Session:
         "tokens_left",
     )
 
-    def __init__(self, request: Any, steps: list, tokens_left: int, rank: int):
+    def __init__(self, request: Any, steps: list, tokens_left: int, rank: int, alpha: float):
         self.request = request
         self.rank = rank  # start order: at equal times, the segment started first goes first
         self.steps = steps
+        # per hop, a decode step's (server, work, return after the work, send delay of the next step):
+        # the products the engine would form at every token, formed once
+        n = len(steps)
+        self.decode = [
+            (st[0], st[1] * st[5], (1.0 - alpha) * st[4], alpha * steps[(h + 1) % n][4])
+            for h, st in enumerate(steps)
+        ]
         self.tokens_left = tokens_left  # tokens of this segment not yet received
         self.token = 0  # index (in this segment) of the token in flight
         self.hop = 0
@@ -100,7 +108,7 @@ class FifoProcessors:
     def start(self, request: Any, t: float, delay: float, steps: list, tokens_left: int) -> None:
         """``request`` starts a segment at ``t``: its first step is sent at ``t + delay``."""
         self.stop(request)
-        sess = _Session(request, steps, tokens_left, self._started)
+        sess = _Session(request, steps, tokens_left, self._started, self.alpha)
         self._started += 1
         self._sessions[request.id] = sess
         sess.jobs_left = steps[0][1] if self.per_block and steps[0][6] else 1
@@ -173,48 +181,37 @@ class FifoProcessors:
                 sess.alive = False
                 return t, sess.request
             jobs += 1
-            steps = sess.steps
             h = sess.hop
-            server, blocks, first_o, first_w, dec_o, dec_w, prefill = steps[h]
-            first = sess.token == 0
-            if first:  # a prefill, one job per block (per_block) or one job; or a kept hop's redo step
-                o, work = first_o, (first_w if per_block and prefill else blocks * first_w)
-            else:
-                o, work = dec_o, blocks * dec_w
-            f = free[server]
-            done = (t if f <= t else f) + work
-            free[server] = done
-            if first and per_block and sess.jobs_left > 1:  # the next block joins the tail when this ends
-                sess.jobs_left -= 1
-                nxt = (done, sess.rank, sess, _ARRIVE)
-            else:
-                recv = done + beta * o
+            if sess.token:  # a decode step (most events): its products are precomputed
+                server, work, back, ahead = sess.decode[h]
+                f = free[server]
+                done = (t if f <= t else f) + work
+                free[server] = done
+                recv = done + back
                 h += 1
-                if h < len(steps):  # the client sends the same token to the next hop
+                if h < len(sess.decode):  # the client sends the token to the next hop
                     sess.hop = h
-                    if first:
+                    nxt = (recv + ahead, sess.rank, sess, _ARRIVE)
+                else:
+                    nxt = _receive(sess, recv, ahead)
+            else:  # the first token: a prefill, one job per block (per_block) or one job; or a redo step
+                steps = sess.steps
+                server, blocks, first_o, first_w, _, _, prefill = steps[h]
+                f = free[server]
+                done = (t if f <= t else f) + (first_w if per_block and prefill else blocks * first_w)
+                free[server] = done
+                if per_block and sess.jobs_left > 1:  # the next block joins the tail when this ends
+                    sess.jobs_left -= 1
+                    nxt = (done, sess.rank, sess, _ARRIVE)
+                else:
+                    recv = done + beta * first_o
+                    h += 1
+                    if h < len(steps):  # the client sends the same token to the next hop
+                        sess.hop = h
                         sess.jobs_left = steps[h][1] if per_block and steps[h][6] else 1
                         nxt = (recv + alpha * steps[h][2], sess.rank, sess, _ARRIVE)
                     else:
-                        nxt = (recv + alpha * steps[h][4], sess.rank, sess, _ARRIVE)
-                else:  # the client receives the token
-                    sess.tokens_left -= 1
-                    req = sess.request
-                    if sess.tokens_left == 0:
-                        planned = req.finish  # the simulator's planned end: rounding must not make it late
-                        if abs(recv - planned) <= _SNAP * (1.0 + abs(planned)):
-                            recv = planned
-                    sess.received += 1
-                    sess.recv_at = recv
-                    if req.first_token != req.first_token:  # nan: the request's first token
-                        req.first_token = recv
-                    if sess.tokens_left == 0:
-                        sess.final_at = recv
-                        nxt = (recv, sess.rank, sess, _FINISH)
-                    else:
-                        sess.token += 1
-                        sess.hop = 0
-                        nxt = (recv + alpha * steps[0][4], sess.rank, sess, _ARRIVE)
+                        nxt = _receive(sess, recv, alpha * steps[0][4])
             event = pushpop(heap, nxt)
             if event[0] > limit:
                 push(heap, event)
@@ -222,6 +219,27 @@ class FifoProcessors:
                 break
         self.jobs += jobs
         return None
+
+
+def _receive(sess: _Session, recv: float, ahead: float) -> tuple[float, int, _Session, int]:
+    """The client receives ``sess``'s token at ``recv`` (s); returns the session's next event: its end,
+    or the next token's first step, sent ``ahead`` seconds later to the first hop."""
+    sess.tokens_left -= 1
+    req = sess.request
+    if sess.tokens_left == 0:
+        planned = req.finish  # the simulator's planned end: rounding must not make it late
+        if abs(recv - planned) <= _SNAP * (1.0 + abs(planned)):
+            recv = planned
+    sess.received += 1
+    sess.recv_at = recv
+    if req.first_token != req.first_token:  # nan: the request's first token
+        req.first_token = recv
+    if sess.tokens_left == 0:
+        sess.final_at = recv
+        return recv, sess.rank, sess, _FINISH
+    sess.token += 1
+    sess.hop = 0
+    return recv + ahead, sess.rank, sess, _ARRIVE
 
 
 _ARRIVE, _FINISH = 0, 1

@@ -380,32 +380,35 @@ def shortest_chain(
     costs ``fixed[j] + per_block[j] * (end_j - b)`` plus ``wait(j, end_j - b)`` if given (e.g. the time
     until j has cache for that many blocks; ``inf`` forbids the hop). Only positions reachable as a
     server's end (or ``start``) can be entered, and each server scans only the reached positions inside
-    its span (found by bisection): O(|spans| log |spans| + the entries scanned). Ties go to the chain
+    its span (positions are reached in increasing order, so one bisection finds them): O(|spans|
+    log |spans| + the entries scanned). Ties go to the chain
     found first (servers in ``spans`` order, then fewer hops). Returns (cost, chain); (inf, ()) if no
     chain exists.
     """
     inf = math.inf
-    best: dict[int, float] = {start: 0.0}  # cheapest cost of reaching each reached position
-    back: dict[int, tuple[int, int]] = {}
-    reached = [start]  # the reached positions, ascending (spans are visited by increasing end)
+    size = (num_blocks if num_blocks > start else start) + 1
+    best = [inf] * size  # cheapest cost of reaching each position (inf: not reached)
+    back: list[tuple[int, int]] = [(-1, -1)] * size
+    best[start] = 0.0
+    reached = [start]  # the reached positions, ascending; all <= the end of the span being visited
     for j, a, e in sorted(spans, key=_span_end):
-        if e <= start:
+        if e <= start or e >= size:  # a hop only moves forward: past L, nothing leads back to L
             continue
         f, w = fixed[j], per_block[j]
         cand, arg = inf, -1
-        for i in range(bisect_left(reached, a), bisect_left(reached, e)):  # the reached b in [a, e)
-            b = reached[i]
+        lo = bisect_left(reached, a) if a > start else 0
+        for b in reached[lo:] if reached[-1] < e else reached[lo:-1]:  # the reached b in [a, e)
             c = best[b] + f + w * (e - b)
             if wait is not None and c < cand:
                 c += wait(j, e - b)
             if c < cand:
                 cand, arg = c, b
-        if arg >= 0 and cand < best.get(e, inf):
-            if e not in best:
+        if arg >= 0 and cand < best[e]:
+            if best[e] == inf:
                 reached.append(e)
             best[e] = cand
             back[e] = (j, arg)
-    total = best.get(num_blocks, inf)
+    total = best[num_blocks]
     if total == inf:
         return inf, ()
     hops = []

@@ -152,15 +152,17 @@ def k_best_chains(
     (server, entry) pairs -- far cheaper than Yen's algorithm (``networkx.shortest_simple_paths`` re-runs
     a shortest path per deviation, ~100x slower here), which matters for the env's speed target.
     """
-    labels: dict[int, list[tuple[float, int, int, int]]] = {start: [(0.0, -1, -1, -1)]}
-    reached = [start]  # the labelled positions, ascending (spans are visited by increasing end)
+    size = (num_blocks if num_blocks > start else start) + 1
+    labels: list[list[tuple[float, int, int, int]] | None] = [None] * size  # per position, cheapest first
+    labels[start] = [(0.0, -1, -1, -1)]
+    reached = [start]  # the labelled positions, ascending; all <= the end of the span being visited
     for j, a, e in sorted(spans, key=_span_end):
-        if e <= start:
+        if e <= start or e >= size:  # a hop only moves forward: past L, nothing leads back to L
             continue
         f, w = fixed[j], per_block[j]
         new: list[tuple[float, int, int, int]] = []
-        for i in range(bisect_left(reached, a), bisect_left(reached, e)):  # the labelled b in [a, e)
-            b = reached[i]
+        lo = bisect_left(reached, a) if a > start else 0
+        for b in reached[lo:] if reached[-1] < e else reached[lo:-1]:  # the labelled b in [a, e)
             c = f + w * (e - b)
             if wait is not None:
                 x = wait(j, e - b)
@@ -170,7 +172,7 @@ def k_best_chains(
             for r, lab in enumerate(labels[b]):
                 new.append((lab[0] + c, j, b, r))
         if new:
-            cur = labels.get(e)
+            cur = labels[e]
             if cur is None:
                 reached.append(e)
             elif cur:
@@ -178,7 +180,7 @@ def k_best_chains(
             new.sort(key=_first)
             labels[e] = new[:k]
     out = []
-    for lab in labels.get(num_blocks, ()):
+    for lab in labels[num_blocks] or ():
         hops = []
         pos, node = num_blocks, lab
         while node[1] >= 0:
