@@ -148,10 +148,13 @@ def k_best_chains(
 
     Exact k-shortest paths by dynamic programming over the DAG of block positions (a hop always moves
     forward, so every path is simple and a server can appear at most once): each reachable position keeps
-    its k best labels (cost, server, previous position, previous label). O(E k log k) for E = feasible
+    its k best labels (cost, server, previous position, previous label); an entry whose cheapest label
+    cannot beat the position's k-th is skipped before its wait is asked. O(E k log k) for E = feasible
     (server, entry) pairs -- far cheaper than Yen's algorithm (``networkx.shortest_simple_paths`` re-runs
     a shortest path per deviation, ~100x slower here), which matters for the env's speed target.
     """
+    if k <= 0:
+        return []
     size = (num_blocks if num_blocks > start else start) + 1
     labels: list[list[tuple[float, int, int, int]] | None] = [None] * size  # per position, cheapest first
     labels[start] = [(0.0, -1, -1, -1)]
@@ -160,19 +163,27 @@ def k_best_chains(
         if e <= start or e >= size:  # a hop only moves forward: past L, nothing leads back to L
             continue
         f, w = fixed[j], per_block[j]
+        cur = labels[e]
+        # a label costing at least e's k-th cannot enter (the sort is stable and e's labels come first)
+        cutoff = cur[-1][0] if cur is not None and len(cur) >= k else _INF
         new: list[tuple[float, int, int, int]] = []
         lo = bisect_left(reached, a) if a > start else 0
         for b in reached[lo:] if reached[-1] < e else reached[lo:-1]:  # the labelled b in [a, e)
             c = f + w * (e - b)
+            labs = labels[b]
+            if labs[0][0] + c >= cutoff:  # waits only add
+                continue
             if wait is not None:
                 x = wait(j, e - b)
                 if x == _INF:
                     continue
                 c += x
-            for r, lab in enumerate(labels[b]):
-                new.append((lab[0] + c, j, b, r))
+            for r, lab in enumerate(labs):
+                cost = lab[0] + c
+                if cost >= cutoff:  # the labels are cheapest first
+                    break
+                new.append((cost, j, b, r))
         if new:
-            cur = labels[e]
             if cur is None:
                 reached.append(e)
             elif cur:
