@@ -395,7 +395,7 @@ def shortest_chain(
         if e <= start or e >= size:  # a hop only moves forward: past L, nothing leads back to L
             continue
         f, w = fixed[j], per_block[j]
-        cand, arg = inf, -1
+        cand, arg = best[e], -1  # only an entry cheaper than e's best so far matters
         lo = bisect_left(reached, a) if a > start else 0
         for b in reached[lo:] if reached[-1] < e else reached[lo:-1]:  # the reached b in [a, e)
             c = best[b] + f + w * (e - b)
@@ -403,7 +403,7 @@ def shortest_chain(
                 c += wait(j, e - b)
             if c < cand:
                 cand, arg = c, b
-        if arg >= 0 and cand < best[e]:
+        if arg >= 0:
             if best[e] == inf:
                 reached.append(e)
             best[e] = cand
