@@ -381,9 +381,8 @@ def shortest_chain(
     until j has cache for that many blocks; ``inf`` forbids the hop). Only positions reachable as a
     server's end (or ``start``) can be entered, and each server scans only the reached positions inside
     its span (positions are reached in increasing order, so one bisection finds them): O(|spans|
-    log |spans| + the entries scanned). Ties go to the chain
-    found first (servers in ``spans`` order, then fewer hops). Returns (cost, chain); (inf, ()) if no
-    chain exists.
+    log |spans| + the entries scanned). Ties go to the chain found first (servers in ``spans`` order,
+    then fewer hops). Returns (cost, chain); (inf, ()) if no chain exists.
     """
     inf = math.inf
     size = (num_blocks if num_blocks > start else start) + 1

@@ -97,6 +97,12 @@ class ServerState:
         return self.end - self.start if self.start >= 0 else 0
 
     @property
+    def unreserved_bytes(self) -> int:
+        """Cache bytes free now and promised to no reservation: budget - used - reserved (may be < 0 while a
+        reservation overlaps sessions that end before it starts)."""
+        return self.cache_capacity - self.used_bytes - self.reserved_bytes
+
+    @property
     def cache_load(self) -> float:
         """Share of the cache budget held or reserved: (used + reserved bytes) / budget; 1 without budget."""
         cap = self.cache_capacity
@@ -232,7 +238,7 @@ class ServerState:
         as held from now until its planned end; inf if never."""
         if nbytes > self.cache_capacity:
             return math.inf
-        free = self.cache_capacity - self.used_bytes - self.reserved_bytes
+        free = self.unreserved_bytes
         if free >= nbytes:
             return 0.0
         key = (nbytes, self.cache_capacity)
@@ -529,7 +535,7 @@ class SwarmView:
         fits now answers 0 without a call): the ``wait`` of the chain programmes, which ask it per
         (server, entry) pair. Valid until the swarm changes."""
         servers, now = self.servers, self.now
-        room = [s.cache_capacity - s.used_bytes - s.reserved_bytes for s in servers]
+        room = [s.unreserved_bytes for s in servers]
 
         def wait(server: int, blocks: int) -> float:
             nbytes = blocks * kv_bytes

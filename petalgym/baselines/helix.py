@@ -821,8 +821,7 @@ class HelixDecider(Decider):
         def fits(t: int) -> bool:
             if t == SINK:
                 return True
-            s = servers[t]
-            return s.cache_capacity - s.used_bytes - s.reserved_bytes >= (graph.spans[t][1] - pos) * kv
+            return servers[t].unreserved_bytes >= (graph.spans[t][1] - pos) * kv
 
         while True:
             iw = sched.iwrr.get(node)
@@ -856,13 +855,7 @@ class HelixDecider(Decider):
             if hops is None:  # cannot happen: every node with in-flow has an unmasked out-link
                 return None
             servers = view.servers
-            if any(
-                servers[h.server].cache_capacity
-                - servers[h.server].used_bytes
-                - servers[h.server].reserved_bytes
-                < h.blocks * kv
-                for h in hops
-            ):
+            if any(servers[h.server].unreserved_bytes < h.blocks * kv for h in hops):
                 return Route(hops, wait=False)
         for iw, i in picks:
             iw.charge(i, w)

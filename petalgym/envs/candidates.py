@@ -326,7 +326,7 @@ class ChainGenerator:
         spans = view.spans()
         L, start = self.num_blocks, request.route_from
         servers = view.servers
-        room = [free[s.id] - s.reserved_bytes for s in servers]
+        room = [s.unreserved_bytes for s in servers]
 
         def fits(j: int, blocks: int) -> float:
             return 0.0 if room[j] >= blocks * kv else _INF

@@ -560,7 +560,7 @@ class ObservationBuilder:
             d, duration = cand.tokens[i], cand.durations[i]
             tight = math.inf
             for h in hops:
-                t = (free[h.server] - servers[h.server].reserved_bytes) / ((h.end - h.start) * kv)
+                t = servers[h.server].unreserved_bytes / ((h.end - h.start) * kv)
                 if t < tight:
                     tight = t
             wait = cand.starts[i] - now  # the simulator's own admission rule (exact)
